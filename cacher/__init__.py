@@ -1,0 +1,1 @@
+"""Cacher daemon — arrives with issue 7."""

@@ -1,0 +1,1 @@
+"""Content sharing client — arrives with issue 7."""

@@ -1,0 +1,1 @@
+"""Interop: pcap tools and (with the `interop` extra) scapy layers. Daemons never import scapy."""

@@ -1,0 +1,1 @@
+"""PPSPP, the Peer-to-Peer Streaming Peer Protocol (RFC 7574)."""
