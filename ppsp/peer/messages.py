@@ -23,8 +23,13 @@ class DecodeError(ValueError):
     """A datagram or message that does not follow RFC 7574's wire format.
 
     Every codec raises only this for malformed input, so a daemon can drop the datagram
-    (and, per §3, stop talking to the peer) with a single ``except``.
+    (and, per §3, stop talking to the peer) with a single ``except``. ``partial`` holds the
+    messages decoded before the bad one: §8.3 says to process them and discard the rest.
     """
+
+    def __init__(self, message: str, partial: Datagram | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 class EncodeError(ValueError):
@@ -220,7 +225,7 @@ class Ack:
 
 @dataclass(slots=True)
 class Have:
-    """HAVE (§8.8)."""
+    """HAVE (§8.5)."""
 
     start: int
     end: int
@@ -228,7 +233,7 @@ class Have:
 
 @dataclass(slots=True)
 class Integrity:
-    """INTEGRITY (§8.5): the hash of the Merkle node whose leaves are the chunk specification."""
+    """INTEGRITY (§8.8): the hash of the Merkle node whose leaves are the chunk specification."""
 
     start: int
     end: int
@@ -237,7 +242,7 @@ class Integrity:
 
 @dataclass(slots=True)
 class PexResV4:
-    """PEX_RESv4 (§8.9)."""
+    """PEX_RESv4 (§8.13)."""
 
     address: ipaddress.IPv4Address
     port: int
@@ -245,12 +250,12 @@ class PexResV4:
 
 @dataclass(slots=True)
 class PexReq:
-    """PEX_REQ (§8.10)."""
+    """PEX_REQ (§8.13)."""
 
 
 @dataclass(slots=True)
 class SignedIntegrity:
-    """SIGNED_INTEGRITY (§8.11): chunk specification, 64-bit NTP timestamp, signature."""
+    """SIGNED_INTEGRITY (§8.9): chunk specification, 64-bit NTP timestamp, signature."""
 
     start: int
     end: int
@@ -260,7 +265,7 @@ class SignedIntegrity:
 
 @dataclass(slots=True)
 class Request:
-    """REQUEST (§8.12)."""
+    """REQUEST (§8.10)."""
 
     start: int
     end: int
@@ -268,7 +273,7 @@ class Request:
 
 @dataclass(slots=True)
 class Cancel:
-    """CANCEL (§8.13)."""
+    """CANCEL (§8.11)."""
 
     start: int
     end: int
@@ -276,17 +281,17 @@ class Cancel:
 
 @dataclass(slots=True)
 class Choke:
-    """CHOKE (§8.14)."""
+    """CHOKE (§8.12)."""
 
 
 @dataclass(slots=True)
 class Unchoke:
-    """UNCHOKE (§8.14)."""
+    """UNCHOKE (§8.12)."""
 
 
 @dataclass(slots=True)
 class PexResV6:
-    """PEX_RESv6 (§8.9)."""
+    """PEX_RESv6 (§8.13)."""
 
     address: ipaddress.IPv6Address
     port: int
@@ -294,7 +299,7 @@ class PexResV6:
 
 @dataclass(slots=True)
 class PexResCert:
-    """PEX_REScert (§8.9): a DER-encoded X.509 membership certificate (§12.2.1)."""
+    """PEX_REScert (§8.13): a DER-encoded X.509 membership certificate (§12.2.1)."""
 
     certificate: bytes
 
@@ -350,8 +355,8 @@ class Datagram:
 class WireContext:
     """What a codec must know that the wire does not say: fixed by the channel's handshake.
 
-    ``hash_size`` is the Merkle hash function's digest size (INTEGRITY, §8.5);
-    ``signature_size`` the live signature algorithm's signature size (SIGNED_INTEGRITY, §8.11).
+    ``hash_size`` is the Merkle hash function's digest size (INTEGRITY, §8.8);
+    ``signature_size`` the live signature algorithm's signature size (SIGNED_INTEGRITY, §8.9).
     """
 
     chunk_addressing: ChunkAddressing = ChunkAddressing.CHUNK_RANGE32
@@ -388,7 +393,7 @@ class WireContext:
 
 
 def signature_size_for(algorithm: int, swarm_id: bytes) -> int:
-    """Signature size of a live swarm (§8.11): fixed for ECDSA (RFC 6605), the modulus length
+    """Signature size of a live swarm (§8.9): fixed for ECDSA (RFC 6605), the modulus length
     of the swarm's RSA public key (RFC 3110 DNSKEY format inside the swarm ID, §6.1)."""
     if algorithm == LiveSignatureAlgorithm.ECDSAP256SHA256:
         return 64

@@ -1,0 +1,544 @@
+"""One PPSPP channel: the association of this peer with one remote peer in one swarm (§3.11).
+
+Sans-IO (DESIGN §3): :meth:`Channel.on_messages` takes decoded messages and the injected
+time; :meth:`Channel.flush` appends the datagrams to send. The channel implements both
+roles at once — it serves what the peer REQUESTs and requests what the picker chooses — so
+a peer that is downloading is also uploading (§3).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ppsp.peer import fastwire
+from ppsp.peer.bins import bin_to_range, parent
+from ppsp.peer.ledbat import Ledbat
+from ppsp.peer.messages import (
+    Ack,
+    Cancel,
+    Choke,
+    Data,
+    Handshake,
+    Have,
+    Integrity,
+    Message,
+    PexReq,
+    PexResCert,
+    PexResV4,
+    PexResV6,
+    Request,
+    SignedIntegrity,
+    Unchoke,
+    WireContext,
+)
+from ppsp.peer.ranges import ChunkSet
+
+if TYPE_CHECKING:
+    from ppsp.peer.endpoint import Endpoint, Swarm
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+#: §3.12 and Table 8: a peer is dead after this long without a datagram from it ...
+DEAD_PEER_TIMEOUT = 180.0
+#: ... provided we sent it at least this many datagrams meanwhile.
+DEAD_PEER_DATAGRAMS = 3
+#: §3.12: keep-alives keep the channel open while there is nothing else to say.
+KEEPALIVE_INTERVAL = 20.0
+#: Handshake retransmission: first retry after this, doubling, until the caller gives up.
+HANDSHAKE_RETRY = 0.5
+#: Bounds on what a peer can make us hold (hostile input, DEVELOPERS "limits on every queue").
+MAX_QUEUED_REQUESTS = 4096
+MAX_HAVE_INTERVALS = 1 << 16
+#: Request window (chunks outstanding at one peer): start, floor, ceiling.
+REQUEST_WINDOW_START = 64
+REQUEST_WINDOW_MIN = 8
+REQUEST_WINDOW_MAX = 4096
+#: A batch of requested chunks that has not fully arrived this long after the last DATA from
+#: the peer is requested again (possibly elsewhere).
+REQUEST_STALL = 1.0
+#: PEX (§3.10): only peers heard from within this window are given out.
+PEX_RECENT = 60.0
+
+
+class ChannelState(enum.Enum):
+    HANDSHAKE_SENT = "handshake-sent"  # we initiated; waiting for the reply
+    REPLIED = "replied"  # we answered; no datagram on our channel ID yet (§3.1 step 3)
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+class Channel:
+    """State of one channel; see the module docstring."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        swarm: Swarm,
+        local_id: int,
+        addr: Address,
+        *,
+        initiator: bool,
+        now: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.swarm = swarm
+        self.local_id = local_id
+        self.remote_id = 0
+        self.addr = addr
+        self.initiator = initiator
+        self.state = ChannelState.HANDSHAKE_SENT if initiator else ChannelState.REPLIED
+        self.ctx: WireContext = swarm.wire_context
+        self.chunk_size = swarm.params.chunk_size
+        self.byte_ranges = swarm.params.chunk_addressing.is_byte_range
+        self.close_reason = ""
+
+        # What the peer holds (from its HAVEs and ACKs) and what it asked us for.
+        self.peer_have = ChunkSet()
+        self.peer_requests: deque[list[int]] = deque()
+        self.queued_request_chunks = 0
+        self.peer_choked_us = False
+
+        # Upload side: DATA in flight, keyed by chunk, with the send time (retransmission, §3.6).
+        self.in_flight: dict[int, float] = {}
+        self.in_flight_order: deque[tuple[float, int]] = deque()
+        self.hashes_sent: set[int] = set()
+        self.ledbat = Ledbat()
+        self.srtt: float | None = None
+        self.last_loss_reaction = 0.0
+
+        # Download side.
+        self.outstanding = ChunkSet()
+        self.outstanding_batches: deque[tuple[float, int, int]] = deque()
+        self.request_window = REQUEST_WINDOW_START
+        self.last_data_received = now
+        self.acks_due: list[tuple[int, int, int]] = []  # (start, end, delay sample µs)
+        self.have_due: list[tuple[int, int]] = []
+        self.control_due: list[Message] = []
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+        # Liveness (§3.12) and handshake retransmission.
+        self.last_receive = now
+        self.last_send = now
+        self.datagrams_since_receive = 0
+        self.handshake_attempts = 0
+        self.next_handshake = now
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is not ChannelState.CLOSED
+
+    def _ts_us(self, now: float) -> int:
+        return int((now + self.endpoint.wall_clock_offset) * 1_000_000)
+
+    def _mark(self) -> None:
+        self.endpoint.dirty.add(self)
+
+    def close(self, reason: str, *, notify_peer: bool = False) -> None:
+        if self.state is ChannelState.CLOSED:
+            return
+        if notify_peer and self.remote_id:
+            # §8.4: an explicit close is a HANDSHAKE with source channel 0 and only End.
+            self.endpoint.send_raw(
+                fastwire.encode_datagram(self.remote_id, [Handshake(0)], self.ctx), self.addr
+            )
+        self.state = ChannelState.CLOSED
+        self.close_reason = reason
+        self._return_outstanding()
+        self.endpoint.channel_closed(self, reason)
+
+    def _return_outstanding(self) -> None:
+        if not self.outstanding.is_empty():
+            self.swarm.pending.difference_update(self.outstanding)
+            self.outstanding = ChunkSet()
+            self.outstanding_batches.clear()
+            self.swarm.wake_pickers()
+
+    # ------------------------------------------------------------------ receiving
+
+    def on_messages(self, messages: list[Message], now: float) -> None:
+        """Process the messages of one datagram in order (§8.3)."""
+        self.last_receive = now
+        self.datagrams_since_receive = 0
+        if self.state is ChannelState.REPLIED:
+            self.state = ChannelState.ESTABLISHED  # §3.1 step 3: the 3-way handshake is done
+            self.endpoint.channel_established(self)
+        integrity: list[Integrity] = []
+        content = self.swarm.content
+        if self.byte_ranges:
+            messages = self.swarm.from_byte_ranges(messages)
+        for msg in messages:
+            t = type(msg)
+            if t is not Integrity and integrity:
+                if not content.accept_integrity(integrity):
+                    self.close("unusable INTEGRITY hashes")
+                    return
+                integrity = []
+            if t is Data:
+                assert isinstance(msg, Data)
+                if not self._on_data(msg, now):
+                    return
+            elif t is Ack:
+                assert isinstance(msg, Ack)
+                self._on_ack(msg, now)
+            elif t is Integrity:
+                assert isinstance(msg, Integrity)
+                integrity.append(msg)
+            elif t is Have:
+                assert isinstance(msg, Have)
+                self._on_have(msg.start, msg.end)
+            elif t is Request:
+                assert isinstance(msg, Request)
+                self._on_request(msg.start, msg.end)
+            elif t is Cancel:
+                assert isinstance(msg, Cancel)
+                self._cancel(msg.start, msg.end)
+            elif t is SignedIntegrity:
+                assert isinstance(msg, SignedIntegrity)
+                if not content.accept_signed_integrity(msg):
+                    self.close("SIGNED_INTEGRITY failed verification")
+                    return
+            elif t is Handshake:
+                assert isinstance(msg, Handshake)
+                if msg.is_close:
+                    refused = self.state is ChannelState.HANDSHAKE_SENT
+                    self.close("peer refused the handshake" if refused else "peer closed the channel")
+                    return
+                self._on_handshake_reply(msg, now)
+            elif t is Choke:
+                self.peer_choked_us = True
+                self._return_outstanding()
+            elif t is Unchoke:
+                self.peer_choked_us = False
+                self._mark()
+            elif t is PexReq:
+                self._on_pex_request(now)
+            elif t in (PexResV4, PexResV6):
+                assert isinstance(msg, (PexResV4, PexResV6))
+                self.endpoint.peer_discovered(self.swarm, (str(msg.address), msg.port))
+            elif t is PexResCert:
+                pass  # §12.2.1 membership certificates need a trust anchor we are not given
+        if integrity and not content.accept_integrity(integrity):
+            self.close("unusable INTEGRITY hashes")
+
+    def _on_handshake_reply(self, msg: Handshake, now: float) -> None:
+        if self.state is not ChannelState.HANDSHAKE_SENT:
+            return  # a retransmitted reply; the handshake is idempotent (§8.2)
+        problem = self.swarm.check_options(msg.options, initiator=False)
+        if problem:
+            self.close(f"peer's handshake: {problem}", notify_peer=False)
+            return
+        self.remote_id = msg.source_channel
+        self.state = ChannelState.ESTABLISHED
+        self.endpoint.channel_established(self)
+        self._mark()
+
+    def _on_data(self, msg: Data, now: float) -> bool:
+        content = self.swarm.content
+        payload = msg.payload
+        size = self.chunk_size
+        self.last_data_received = now
+        delay = self._ts_us(now) - msg.timestamp
+        start = msg.start
+        count = (len(payload) + size - 1) // size if payload else 0
+        if count == 0:
+            return True
+        for i in range(count):
+            chunk = start + i
+            piece = payload[i * size : (i + 1) * size] if count > 1 else payload
+            fresh = chunk not in content.have
+            ok = content.verify_and_store(chunk, piece)
+            if ok is None:
+                return True  # hashes lost on the way: not ACKed, so it comes again (§5.3)
+            if not ok:
+                self.endpoint.integrity_failure(self, chunk)
+                self.close(f"chunk {chunk} failed verification")
+                return False
+            if fresh:
+                self.bytes_received += len(piece)
+                self.swarm.chunk_verified(chunk, self)
+        end = start + count - 1
+        self.outstanding.remove(start, end)
+        self.acks_due.append((start, end, max(0, delay)))
+        self.request_window = min(REQUEST_WINDOW_MAX, self.request_window + count)
+        self._mark()
+        return True
+
+    def _on_ack(self, msg: Ack, now: float) -> None:
+        start, end = msg.start, msg.end
+        if end - start > 1 << 20:
+            return  # hostile: an ACK cannot cover more than we could have sent
+        self.peer_have.add(start, end)
+        acked = 0
+        in_flight = self.in_flight
+        sample_time: float | None = None
+        for chunk in range(start, end + 1):
+            sent = in_flight.pop(chunk, None)
+            if sent is not None:
+                acked += self.chunk_size
+                sample_time = sent
+        if acked:
+            if sample_time is not None:
+                rtt = now - sample_time
+                self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
+                self.ledbat.on_rtt_sample(rtt, now)
+            self.ledbat.on_ack(acked, msg.delay_sample, now)
+        self._mark()
+
+    def _on_have(self, start: int, end: int) -> None:
+        if len(self.peer_have) >= MAX_HAVE_INTERVALS:
+            return
+        self.peer_have.add(start, end)
+        # §3.8: a HAVE cancels our pending REQUESTs for those chunks at this peer ... and the
+        # peer's REQUESTs to us for what it now has.
+        self._cancel(start, end)
+        self.swarm.peer_has(start, end)
+        self._mark()
+
+    def _on_request(self, start: int, end: int) -> None:
+        if end < start or self.queued_request_chunks >= MAX_QUEUED_REQUESTS * 64:
+            return
+        n = self.swarm.content.num_chunks
+        if n is not None:
+            end = min(end, n - 1)
+            if start > end:
+                return
+        if len(self.peer_requests) >= MAX_QUEUED_REQUESTS:
+            return
+        self.peer_requests.append([start, end])
+        self.queued_request_chunks += end - start + 1
+        self._mark()
+
+    def _cancel(self, start: int, end: int) -> None:
+        if not self.peer_requests:
+            return
+        kept: deque[list[int]] = deque()
+        total = 0
+        for s, e in self.peer_requests:
+            if e < start or s > end:
+                kept.append([s, e])
+                total += e - s + 1
+                continue
+            if s < start:
+                kept.append([s, start - 1])
+                total += start - s
+            if e > end:
+                kept.append([end + 1, e])
+                total += e - end
+        self.peer_requests = kept
+        self.queued_request_chunks = total
+
+    def _on_pex_request(self, now: float) -> None:
+        for addr in self.swarm.recent_peers(now, PEX_RECENT, exclude=self.addr):
+            ip = ipaddress.ip_address(addr[0])
+            if isinstance(ip, ipaddress.IPv4Address):
+                self.control_due.append(PexResV4(ip, addr[1]))
+            else:
+                self.control_due.append(PexResV6(ip, addr[1]))
+        self._mark()
+
+    # ------------------------------------------------------------------ sending
+
+    def _peer_knows(self, b: int, own: bool) -> bool:
+        if b in self.hashes_sent:
+            return True
+        s, e = bin_to_range(b if own else parent(b))
+        return self.peer_have.overlaps(s, e)
+
+    def flush(self, now: float, out: list[tuple[bytes, Address]]) -> None:
+        """Append what this channel has to send now: control, then DATA within the window."""
+        if self.state is ChannelState.CLOSED or self.state is ChannelState.HANDSHAKE_SENT:
+            return
+        ctx = self.ctx
+        control: list[Message] = []
+        if self.acks_due:
+            acks = self.acks_due
+            self.acks_due = []
+            have = self.swarm.content.have
+            # §4.3: HAVE the biggest complete interval around what arrived, then the ACKs.
+            last = acks[-1][1]
+            cov = have.covering_interval(last)
+            if cov is not None:
+                control.append(Have(cov[0], cov[1]))
+            s0, e0, d0 = acks[0]
+            for s, e, d in acks[1:]:
+                if s == e0 + 1:
+                    e0, d0 = e, d
+                else:
+                    control.append(Ack(s0, e0, d0))
+                    s0, e0, d0 = s, e, d
+            control.append(Ack(s0, e0, d0))
+        if self.have_due:
+            for s, e in self.have_due:
+                control.append(Have(s, e))
+            self.have_due = []
+        if self.control_due:
+            control.extend(self.control_due)
+            self.control_due = []
+        if not self.peer_choked_us:
+            control.extend(self._requests(now))
+        if control and self.swarm.wire_conversion:
+            control = self.swarm.to_wire(control)
+        if control:
+            self._emit(fastwire.encode_datagram(self.remote_id, control, ctx), out, now)
+        if self.peer_requests and self.state is ChannelState.ESTABLISHED:
+            self._send_data(now, out)
+
+    def _requests(self, now: float) -> list[Message]:
+        want = self.request_window - self.outstanding.count
+        if want < max(1, self.request_window // 4) or self.peer_have.is_empty():
+            return []
+        picks = self.swarm.pick(self, want)
+        msgs: list[Message] = []
+        for s, e in picks:
+            self.outstanding.add(s, e)
+            self.swarm.pending.add(s, e)
+            self.outstanding_batches.append((now, s, e))
+            msgs.append(Request(s, e))
+        return msgs
+
+    def _send_data(self, now: float, out: list[tuple[bytes, Address]]) -> None:
+        content = self.swarm.content
+        ledbat = self.ledbat
+        size = self.chunk_size
+        in_flight = self.in_flight
+        ts = self._ts_us(now)
+        requests = self.peer_requests
+        have = content.have
+        peer_has_any = not self.peer_have.is_empty()
+        remote = self.remote_id
+        ctx = self.ctx
+        byte_ranges = ctx.chunk_addressing.is_byte_range
+        while requests and ledbat.can_send(len(in_flight) * size):
+            head = requests[0]
+            chunk = head[0]
+            if head[0] == head[1]:
+                requests.popleft()
+            else:
+                head[0] += 1
+            self.queued_request_chunks -= 1
+            if chunk not in have or chunk in in_flight:
+                continue
+            integrity = content.integrity_for(chunk, self._peer_knows, peer_has_any)
+            for m in integrity:
+                if type(m) is Integrity:
+                    self.hashes_sent.add(self.swarm.bin_of(m.start, m.end))
+            payload = content.read_chunk(chunk)
+            if byte_ranges:
+                s, e = chunk * size, chunk * size + len(payload) - 1
+                integrity = self.swarm.to_wire(integrity)  # type: ignore[assignment,arg-type]
+            else:
+                s = e = chunk
+            if integrity and type(integrity[-1]) is not Integrity or any(
+                type(m) is SignedIntegrity for m in integrity
+            ):
+                msgs: list[Message] = [*integrity, Data(s, e, ts, payload)]
+                dgram = fastwire.encode_datagram(remote, msgs, ctx)
+            else:
+                dgram = fastwire.encode_integrity_data(
+                    remote,
+                    integrity,  # type: ignore[arg-type]
+                    s,
+                    e,
+                    ts,
+                    payload,
+                    ctx,
+                )
+            in_flight[chunk] = now
+            self.in_flight_order.append((now, chunk))
+            self.bytes_sent += len(payload)
+            self._emit(dgram, out, now)
+
+    def _emit(self, dgram: bytes, out: list[tuple[bytes, Address]], now: float) -> None:
+        out.append((dgram, self.addr))
+        self.last_send = now
+        self.datagrams_since_receive += 1
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float:
+        t = self.last_send + KEEPALIVE_INTERVAL
+        if self.state is ChannelState.HANDSHAKE_SENT:
+            t = min(t, self.next_handshake)
+        order = self.in_flight_order
+        while order and self.in_flight.get(order[0][1]) != order[0][0]:
+            order.popleft()  # acknowledged meanwhile
+        if order:
+            t = min(t, order[0][0] + self.ledbat.rto())
+        if self.outstanding_batches:
+            t = min(t, self.last_data_received + REQUEST_STALL)
+        return t
+
+    def on_timer(self, now: float, out: list[tuple[bytes, Address]]) -> None:
+        if self.state is ChannelState.CLOSED:
+            return
+        if (
+            now - self.last_receive > DEAD_PEER_TIMEOUT
+            and self.datagrams_since_receive >= DEAD_PEER_DATAGRAMS
+        ):
+            self.close("peer dead: no datagram for 3 minutes (§3.12)")
+            return
+        if self.state is ChannelState.HANDSHAKE_SENT:
+            if now >= self.next_handshake:
+                self.handshake_attempts += 1
+                self.next_handshake = now + HANDSHAKE_RETRY * (2 ** min(self.handshake_attempts, 6))
+                self._emit(self.swarm.initiating_handshake(self), out, now)
+            return
+        self._expire_in_flight(now)
+        self._expire_requests(now)
+        if self.last_send + KEEPALIVE_INTERVAL <= now:
+            self._emit(self.remote_id.to_bytes(4, "big"), out, now)  # §8.14 keep-alive
+        self._mark()
+
+    def _expire_in_flight(self, now: float) -> None:
+        """DATA not ACKed within the RTO is taken as lost (§3.6 / LEDBAT): shrink the window
+        once per round trip and queue the chunks again if the peer still lacks them."""
+        order = self.in_flight_order
+        if not order:
+            return
+        rto = self.ledbat.rto()
+        lost: list[int] = []
+        while order and order[0][0] + rto <= now:
+            sent, chunk = order.popleft()
+            if self.in_flight.get(chunk) == sent:
+                del self.in_flight[chunk]
+                if chunk not in self.peer_have:
+                    lost.append(chunk)
+        if lost:
+            if now - self.last_loss_reaction > (self.srtt or rto):
+                self.ledbat.on_loss(now)
+                self.last_loss_reaction = now
+            # Hashes sent with lost DATA may be lost too: the retransmission resends what
+            # the peer's acknowledged chunks do not imply.
+            self.hashes_sent.clear()
+            lost.sort()
+            run_start = prev = lost[0]
+            front: list[list[int]] = []
+            for c in lost[1:]:
+                if c != prev + 1:
+                    front.append([run_start, prev])
+                    run_start = c
+                prev = c
+            front.append([run_start, prev])
+            self.peer_requests.extendleft(reversed(front))
+            self.queued_request_chunks += len(lost)
+        # Keep the order deque from growing with entries already ACKed.
+        while order and order[0][1] not in self.in_flight:
+            order.popleft()
+
+    def _expire_requests(self, now: float) -> None:
+        if not self.outstanding_batches or self.last_data_received + REQUEST_STALL > now:
+            return
+        # Nothing arrived for a while: give everything outstanding back to the picker, so it
+        # is asked for again (here or at another peer), and request less from this peer.
+        self.request_window = max(REQUEST_WINDOW_MIN, self.request_window // 2)
+        self.last_data_received = now
+        self._return_outstanding()

@@ -1,0 +1,510 @@
+"""The PPSPP endpoint: many swarms and channels on one UDP socket (RFC 7574 §3.11), sans-IO.
+
+Feed it ``receive(data, addr, now)``; ask it ``datagrams_to_send(now)``, ``next_timer()``,
+``handle_timer(now)``; read what happened from ``pop_events()``. Time is injected (seconds,
+any monotonic origin); ``wall_clock_offset`` turns it into the wall clock that DATA
+timestamps carry (§8.6), so that a peer's one-way delay samples make sense.
+
+Every datagram is hostile until checked: it is dropped unless it is at least a channel ID
+long, names a channel we opened *with the address it comes from*, and decodes. A peer that
+sends a malformed datagram or a chunk that fails verification is dropped (§3); the endpoint
+keeps serving everybody else.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ppsp.peer import fastwire
+from ppsp.peer.bins import bin_to_range, bins_covering, range_to_bin
+from ppsp.peer.channel import Address, Channel, ChannelState
+from ppsp.peer.content import SwarmContent, SwarmParameters
+from ppsp.peer.messages import (
+    Ack,
+    Cancel,
+    Data,
+    SignedIntegrity,
+    DecodeError,
+    Handshake,
+    HandshakeOptions,
+    Have,
+    Integrity,
+    IntegrityMethod,
+    Message,
+    Request,
+    WireContext,
+    signature_size_for,
+)
+from ppsp.peer.picker import ChunkPicker, PickPolicy
+from ppsp.peer.ranges import ChunkRange, ChunkSet
+
+log = logging.getLogger(__name__)
+
+#: The protocol version we speak (§7.2); libswift's "version 1" is the same number.
+PROTOCOL_VERSION = 1
+#: Bounds (hostile input): channels per endpoint, channels per swarm.
+MAX_CHANNELS = 4096
+MAX_CHANNELS_PER_SWARM = 512
+#: RFC 7574 §8.1 recommends 1024-byte chunks; the Chunk Size option is sent only otherwise,
+#: because libswift silently drops a handshake that carries option 9 (traces/README).
+DEFAULT_CHUNK_SIZE = 1024
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEstablished:
+    swarm_id: bytes
+    addr: Address
+    channel: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed:
+    swarm_id: bytes
+    addr: Address
+    channel: int
+    reason: str
+    was_established: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrityFailed:
+    """A chunk from ``addr`` failed verification; it was not stored and the peer was dropped."""
+
+    swarm_id: bytes
+    addr: Address
+    chunk: int
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadComplete:
+    swarm_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDiscovered:
+    """A PEX response (§3.10) named a peer of the swarm."""
+
+    swarm_id: bytes
+    addr: Address
+
+
+Event = ChannelEstablished | ChannelClosed | IntegrityFailed | DownloadComplete | PeerDiscovered
+
+
+# ---------------------------------------------------------------------------- swarm
+
+
+class Swarm:
+    """One swarm known to the endpoint: its parameters, content, and the channels in it."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        params: SwarmParameters,
+        content: SwarmContent,
+        policy: PickPolicy = PickPolicy.RAREST_FIRST,
+    ) -> None:
+        self.endpoint = endpoint
+        self.params = params
+        self.content = content
+        self.picker = ChunkPicker(policy)
+        #: Chunks requested from some peer and not yet received.
+        self.pending = ChunkSet()
+        self.channels: set[Channel] = set()
+        self.new_chunks: list[int] = []
+        self.completed = content.complete
+        self.peers_heard: dict[Address, float] = {}
+        signature_size = 64
+        if params.live_signature_algorithm is not None and params.is_live:
+            signature_size = signature_size_for(params.live_signature_algorithm, params.swarm_id)
+        self.wire_conversion = params.chunk_addressing.is_bin or params.chunk_addressing.is_byte_range
+        self.wire_context = WireContext(
+            params.chunk_addressing, params.hash_function.digest_size, signature_size
+        )
+
+    @property
+    def swarm_id(self) -> bytes:
+        return self.params.swarm_id
+
+    # -- handshake (§3.1, §7)
+
+    def handshake_options(self, *, initiator: bool) -> HandshakeOptions:
+        p = self.params
+        opts = HandshakeOptions(
+            version=PROTOCOL_VERSION,
+            minimum_version=PROTOCOL_VERSION,
+            swarm_id=p.swarm_id if initiator else None,
+            integrity_method=p.integrity_method,
+            chunk_addressing=p.chunk_addressing,
+        )
+        if p.integrity_method in (IntegrityMethod.MERKLE, IntegrityMethod.UNIFIED_MERKLE):
+            opts.merkle_hash_function = p.hash_function
+        if p.is_live:
+            opts.live_signature_algorithm = p.live_signature_algorithm
+            opts.live_discard_window = p.live_discard_window
+        if p.chunk_size != DEFAULT_CHUNK_SIZE:
+            opts.chunk_size = p.chunk_size
+        return opts
+
+    def initiating_handshake(self, channel: Channel) -> bytes:
+        hs = Handshake(channel.local_id, self.handshake_options(initiator=True))
+        return fastwire.encode_datagram(0, [hs], WireContext())
+
+    def check_options(self, opts: HandshakeOptions, *, initiator: bool) -> str:
+        """Why the peer's handshake options are unacceptable for this swarm, or ``""``.
+
+        Absent options take the RFC 7574 defaults (§7, Table 8), except that libswift omits
+        none of the ones it uses.
+        """
+        p = self.params
+        if opts.minimum_version is not None and opts.minimum_version > PROTOCOL_VERSION:
+            return f"minimum version {opts.minimum_version} > {PROTOCOL_VERSION}"
+        if opts.version is not None and opts.version < PROTOCOL_VERSION:
+            return f"version {opts.version} not supported"
+        if initiator and opts.swarm_id != p.swarm_id:
+            return "wrong swarm"
+        if opts.integrity_method is not None and opts.integrity_method != p.integrity_method:
+            return f"content integrity method {opts.integrity_method} != {p.integrity_method}"
+        if (
+            opts.merkle_hash_function is not None
+            and p.integrity_method != IntegrityMethod.SIGN_ALL
+            and opts.merkle_hash_function != p.hash_function
+        ):
+            return f"merkle hash function {opts.merkle_hash_function} != {int(p.hash_function)}"
+        cam = opts.chunk_addressing if opts.chunk_addressing is not None else 2
+        if cam != p.chunk_addressing:
+            return f"chunk addressing {cam} != {int(p.chunk_addressing)}"
+        size = opts.chunk_size if opts.chunk_size is not None else DEFAULT_CHUNK_SIZE
+        if size != p.chunk_size:
+            return f"chunk size {size} != {p.chunk_size}"
+        if (
+            p.is_live
+            and opts.live_signature_algorithm is not None
+            and opts.live_signature_algorithm != p.live_signature_algorithm
+        ):
+            return "live signature algorithm differs"
+        return ""
+
+    def have_messages(self, limit: int = 256) -> list[Message]:
+        return [Have(s, e) for s, e in self.content.have.intervals()[:limit]]
+
+    # -- downloading
+
+    def pick(self, channel: Channel, want: int) -> list[ChunkRange]:
+        others = [c.peer_have for c in self.channels if c is not channel and c.is_open]
+        picks = self.picker.pick(
+            channel.peer_have, self.content.have, self.pending, want, others
+        )
+        n = self.content.num_chunks
+        if n is None:
+            return picks
+        return [ChunkRange(s, min(e, n - 1)) for s, e in picks if s < n]
+
+    def chunk_verified(self, chunk: int, source: Channel) -> None:
+        self.new_chunks.append(chunk)
+        self.pending.remove(chunk, chunk)
+        self.endpoint.dirty_swarms.add(self)
+        if not self.completed and self.content.complete:
+            self.completed = True
+            self.endpoint.events.append(DownloadComplete(self.swarm_id))
+
+    def announce_new_chunks(self) -> None:
+        """HAVE for freshly verified chunks to every peer that lacks them (§3.3)."""
+        if not self.new_chunks:
+            return
+        fresh = ChunkSet()
+        for c in self.new_chunks:
+            fresh.add(c, c)
+        self.new_chunks = []
+        have = self.content.have
+        for s, e in fresh.intervals():
+            cov = have.covering_interval(e) or ChunkRange(s, e)
+            for ch in self.channels:
+                if ch.state is ChannelState.CLOSED or ch.peer_have.contains_range(s, e):
+                    continue
+                if ch.acks_due:
+                    continue  # the ACK datagram carries a HAVE already
+                ch.have_due.append((cov[0], cov[1]))
+                self.endpoint.dirty.add(ch)
+
+    def peer_has(self, start: int, end: int) -> None:
+        if not self.completed:
+            self.wake_pickers()
+
+    def wake_pickers(self) -> None:
+        for ch in self.channels:
+            if ch.is_open:
+                self.endpoint.dirty.add(ch)
+
+    def recent_peers(self, now: float, window: float, exclude: Address) -> list[Address]:
+        return [
+            ch.addr
+            for ch in self.channels
+            if ch.is_open and ch.addr != exclude and now - ch.last_receive <= window
+        ][:32]
+
+    # -- chunk specification conversions
+
+    def bin_of(self, start: int, end: int) -> int:
+        if self.params.chunk_addressing.is_byte_range:
+            size = self.params.chunk_size
+            start, end = start // size, end // size
+        return range_to_bin(start, end)
+
+    def to_wire(self, msgs: list[Message]) -> list[Message]:
+        """Express chunk-unit messages in the channel's CAM (§4): bins can only name aligned
+        power-of-two blocks, so a range becomes several messages; byte ranges count bytes."""
+        cam = self.params.chunk_addressing
+        if cam.is_bin:
+            out: list[Message] = []
+            for m in msgs:
+                if isinstance(m, (Have, Request, Cancel)):
+                    out.extend(type(m)(*bin_to_range(b)) for b in bins_covering(m.start, m.end))
+                elif isinstance(m, Ack):
+                    out.extend(
+                        Ack(*bin_to_range(b), m.delay_sample) for b in bins_covering(m.start, m.end)
+                    )
+                else:
+                    out.append(m)
+            return out
+        if cam.is_byte_range:
+            return [self._to_bytes(m) for m in msgs]
+        return msgs
+
+    def from_byte_ranges(self, msgs: list[Message]) -> list[Message]:
+        """Express 64-bit byte-range messages (CAM 1, §4.3) in chunks, as the channel works."""
+        size = self.params.chunk_size
+        out: list[Message] = []
+        for m in msgs:
+            if isinstance(m, (Have, Request, Cancel, Ack, Integrity, SignedIntegrity)):
+                s, e = m.start // size, m.end // size
+                if isinstance(m, Ack):
+                    m = Ack(s, e, m.delay_sample)
+                elif isinstance(m, Integrity):
+                    m = Integrity(s, e, m.hash)
+                elif isinstance(m, SignedIntegrity):
+                    pass  # its signature covers the byte-range form; live content converts
+                else:
+                    m = type(m)(s, e)
+            elif isinstance(m, Data):
+                if m.start % size:
+                    continue  # not a whole chunk: unusable, skip it
+                m = Data(m.start // size, m.start // size, m.timestamp, m.payload)
+            out.append(m)
+        return out
+
+    def _to_bytes(self, msg: Message) -> Message:
+        size = self.params.chunk_size
+        if isinstance(msg, (Have, Request, Cancel, Ack, Integrity)):
+            s, e = msg.start * size, msg.end * size + size - 1
+            if isinstance(msg, Ack):
+                return Ack(s, e, msg.delay_sample)
+            if isinstance(msg, Integrity):
+                return Integrity(s, e, msg.hash)
+            return type(msg)(s, e)
+        return msg
+
+
+# ---------------------------------------------------------------------------- endpoint
+
+
+class Endpoint:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        wall_clock_offset: float = 0.0,
+        channel_id_source: Callable[[], int] | None = None,
+    ) -> None:
+        self.wall_clock_offset = wall_clock_offset
+        self._new_id = channel_id_source or (lambda: secrets.randbits(32))
+        self.swarms: dict[bytes, Swarm] = {}
+        self.channels: dict[int, Channel] = {}
+        self.by_peer: dict[tuple[Address, int], Channel] = {}
+        self.dirty: set[Channel] = set()
+        self.dirty_swarms: set[Swarm] = set()
+        self.events: list[Event] = []
+        self.outbox: list[tuple[bytes, Address]] = []
+        self.stats_dropped = 0
+
+    # -- swarms and channels
+
+    def add_swarm(
+        self,
+        params: SwarmParameters,
+        content: SwarmContent,
+        policy: PickPolicy = PickPolicy.RAREST_FIRST,
+    ) -> Swarm:
+        swarm = Swarm(self, params, content, policy)
+        self.swarms[params.swarm_id] = swarm
+        return swarm
+
+    def remove_swarm(self, swarm_id: bytes) -> None:
+        swarm = self.swarms.pop(swarm_id, None)
+        if swarm is not None:
+            for ch in list(swarm.channels):
+                ch.close("swarm removed", notify_peer=True)
+
+    def connect(self, swarm_id: bytes, addr: Address, now: float) -> Channel:
+        """Open a channel to ``addr`` in the swarm: send the initiating HANDSHAKE (§3.1)."""
+        swarm = self.swarms[swarm_id]
+        ch = Channel(self, swarm, self._allocate_id(), addr, initiator=True, now=now)
+        self._register(ch)
+        ch.on_timer(now, self.outbox)
+        return ch
+
+    def _allocate_id(self) -> int:
+        while True:
+            cid = self._new_id() & 0xFFFFFFFF
+            if cid and cid not in self.channels:
+                return cid
+
+    def _register(self, ch: Channel) -> None:
+        self.channels[ch.local_id] = ch
+        ch.swarm.channels.add(ch)
+
+    def channel_established(self, ch: Channel) -> None:
+        if ch.remote_id:
+            self.by_peer[(ch.addr, ch.remote_id)] = ch
+        self.events.append(ChannelEstablished(ch.swarm.swarm_id, ch.addr, ch.local_id))
+
+    def channel_closed(self, ch: Channel, reason: str) -> None:
+        self.channels.pop(ch.local_id, None)
+        if self.by_peer.get((ch.addr, ch.remote_id)) is ch:
+            del self.by_peer[(ch.addr, ch.remote_id)]
+        ch.swarm.channels.discard(ch)
+        self.dirty.discard(ch)
+        was = ch.handshake_attempts == 0 or ch.remote_id != 0
+        self.events.append(ChannelClosed(ch.swarm.swarm_id, ch.addr, ch.local_id, reason, was))
+        log.info("channel %08x to %s closed: %s", ch.local_id, ch.addr, reason)
+
+    def integrity_failure(self, ch: Channel, chunk: int) -> None:
+        self.events.append(IntegrityFailed(ch.swarm.swarm_id, ch.addr, chunk))
+
+    def peer_discovered(self, swarm: Swarm, addr: Address) -> None:
+        self.events.append(PeerDiscovered(swarm.swarm_id, addr))
+
+    def send_raw(self, data: bytes, addr: Address) -> None:
+        self.outbox.append((data, addr))
+
+    def pop_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    def iter_channels(self) -> Iterator[Channel]:
+        return iter(list(self.channels.values()))
+
+    # -- input
+
+    def receive(self, data: bytes | memoryview, addr: Address, now: float) -> None:
+        """Take one UDP datagram from ``addr``."""
+        if len(data) < 4:
+            self.stats_dropped += 1
+            return
+        channel_id = int.from_bytes(data[:4], "big")
+        if channel_id == 0:
+            self._on_initiation(data, addr, now)
+            return
+        ch = self.channels.get(channel_id)
+        if ch is None or ch.addr != addr:
+            self.stats_dropped += 1  # not a channel of ours with that peer
+            return
+        try:
+            messages = fastwire.decode_datagram(data, ch.ctx).messages
+        except DecodeError as exc:
+            partial = exc.partial.messages if exc.partial is not None else []
+            if partial:
+                ch.on_messages(partial, now)
+            ch.close(f"malformed datagram: {exc}")
+            return
+        ch.on_messages(messages, now)
+
+    def _on_initiation(self, data: bytes | memoryview, addr: Address, now: float) -> None:
+        try:
+            messages = fastwire.decode_datagram(data, WireContext()).messages
+        except DecodeError:
+            self.stats_dropped += 1
+            return
+        if not messages or not isinstance(messages[0], Handshake):
+            self.stats_dropped += 1
+            return
+        hs = messages[0]
+        if hs.is_close:
+            # libswift refuses a handshake by a HANDSHAKE with source channel 0 sent to
+            # channel 0 (traces/README, probes E and F): end our pending handshake to addr.
+            for ch in list(self.channels.values()):
+                if ch.addr == addr and ch.state is ChannelState.HANDSHAKE_SENT:
+                    ch.close("peer refused the handshake")
+            return
+        swarm = self.swarms.get(hs.options.swarm_id or b"")
+        if swarm is None:
+            self.stats_dropped += 1  # §3.1: unknown swarm, no reply at all
+            return
+        existing = self.by_peer.get((addr, hs.source_channel))
+        if existing is not None and existing.is_open:
+            self.outbox.append((self._reply(existing), addr))  # a retransmitted handshake
+            return
+        problem = swarm.check_options(hs.options, initiator=True)
+        if problem:
+            log.info("refusing handshake from %s: %s", addr, problem)
+            # Tell the initiator at once instead of letting it time out (§8.4 close).
+            self.outbox.append(
+                (fastwire.encode_datagram(hs.source_channel, [Handshake(0)], WireContext()), addr)
+            )
+            return
+        if len(self.channels) >= MAX_CHANNELS or len(swarm.channels) >= MAX_CHANNELS_PER_SWARM:
+            self.stats_dropped += 1
+            return
+        ch = Channel(self, swarm, self._allocate_id(), addr, initiator=False, now=now)
+        ch.remote_id = hs.source_channel
+        self._register(ch)
+        self.by_peer[(addr, hs.source_channel)] = ch
+        self.outbox.append((self._reply(ch), addr))
+        ch.last_send = now
+        rest = messages[1:]
+        if rest:
+            ch.state = ChannelState.ESTABLISHED  # processing them must not count as step 3
+            ch.on_messages(rest, now)
+            if ch.is_open:
+                ch.state = ChannelState.REPLIED
+
+    def _reply(self, ch: Channel) -> bytes:
+        hs = Handshake(ch.local_id, ch.swarm.handshake_options(initiator=False))
+        msgs: list[Message] = [hs, *ch.swarm.to_wire(ch.swarm.have_messages())]
+        return fastwire.encode_datagram(ch.remote_id, msgs, ch.ctx)
+
+    # -- output and timers
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        out = self.outbox
+        self.outbox = []
+        if self.dirty_swarms:
+            for swarm in self.dirty_swarms:
+                swarm.announce_new_chunks()
+            self.dirty_swarms.clear()
+        if self.dirty:
+            dirty = self.dirty
+            self.dirty = set()
+            for ch in dirty:
+                ch.flush(now, out)
+        if self.outbox:
+            out.extend(self.outbox)
+            self.outbox = []
+        return out
+
+    def next_timer(self) -> float | None:
+        if not self.channels:
+            return None
+        return min(ch.next_deadline() for ch in self.channels.values())
+
+    def handle_timer(self, now: float) -> None:
+        for ch in list(self.channels.values()):
+            if ch.next_deadline() <= now:
+                ch.on_timer(now, self.outbox)
