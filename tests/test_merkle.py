@@ -741,3 +741,17 @@ def test_fuzz_from_bytes_mutated(edits: list[tuple[int, int]], cut: int, reseal:
         return
     # Whatever loads is self-consistent.
     assert t.root_bin is None or t.is_verified(t.root_bin)
+
+
+def test_check_chunk_tri_state() -> None:
+    # None = cannot be checked yet (says nothing against the sender); False = proven bad.
+    data = content(64 * 4)
+    seed = HashTree.from_content(data, 64, MerkleHashFunction.SHA1)
+    leech = HashTree.for_root(seed.root_hash, 64, MerkleHashFunction.SHA1)
+    assert leech.check_chunk(0, data[:64]) is None  # size unknown
+    leech.set_num_chunks(4)
+    assert leech.check_chunk(0, data[:64]) is None  # uncles missing
+    assert leech.check_chunk(0, data[:63]) is False  # wrong length
+    uncles = {b: seed.hash_at(b) or b"" for b in seed.uncle_bins(0)}
+    assert leech.check_chunk(0, bytes(64), uncles) is False  # mismatch
+    assert leech.check_chunk(0, data[:64], uncles) is True

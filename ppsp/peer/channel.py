@@ -15,7 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ppsp.peer import fastwire
-from ppsp.peer.bins import bin_to_range, parent
+from ppsp.peer.content import PeerHashes
 from ppsp.peer.ledbat import Ledbat
 from ppsp.peer.messages import (
     Ack,
@@ -107,14 +107,16 @@ class Channel:
         # Upload side: DATA in flight, keyed by chunk, with the send time (retransmission, §3.6).
         self.in_flight: dict[int, float] = {}
         self.in_flight_order: deque[tuple[float, int]] = deque()
-        self.hashes_sent: set[int] = set()
+        self.peer_hashes = PeerHashes(self.peer_have)
         self.ledbat = Ledbat()
         self.srtt: float | None = None
         self.last_loss_reaction = 0.0
 
         # Download side.
+        #: Chunks requested from this peer (only added to; what arrived is subtracted lazily)
+        #: and how many of them are still expected.
         self.outstanding = ChunkSet()
-        self.outstanding_batches: deque[tuple[float, int, int]] = deque()
+        self.outstanding_count = 0
         self.request_window = REQUEST_WINDOW_START
         self.last_data_received = now
         self.acks_due: list[tuple[int, int, int]] = []  # (start, end, delay sample µs)
@@ -157,9 +159,10 @@ class Channel:
 
     def _return_outstanding(self) -> None:
         if not self.outstanding.is_empty():
-            self.swarm.pending.difference_update(self.outstanding)
+            missing = self.outstanding.difference(self.swarm.content.have)
+            self.swarm.pending.difference_update(missing)
             self.outstanding = ChunkSet()
-            self.outstanding_batches.clear()
+            self.outstanding_count = 0
             self.swarm.wake_pickers()
 
     # ------------------------------------------------------------------ receiving
@@ -266,7 +269,7 @@ class Channel:
                 self.bytes_received += len(piece)
                 self.swarm.chunk_verified(chunk, self)
         end = start + count - 1
-        self.outstanding.remove(start, end)
+        self.outstanding_count = max(0, self.outstanding_count - count)
         self.acks_due.append((start, end, max(0, delay)))
         self.request_window = min(REQUEST_WINDOW_MAX, self.request_window + count)
         self._mark()
@@ -347,12 +350,6 @@ class Channel:
 
     # ------------------------------------------------------------------ sending
 
-    def _peer_knows(self, b: int, own: bool) -> bool:
-        if b in self.hashes_sent:
-            return True
-        s, e = bin_to_range(b if own else parent(b))
-        return self.peer_have.overlaps(s, e)
-
     def flush(self, now: float, out: list[tuple[bytes, Address]]) -> None:
         """Append what this channel has to send now: control, then DATA within the window."""
         if self.state is ChannelState.CLOSED or self.state is ChannelState.HANDSHAKE_SENT:
@@ -393,15 +390,15 @@ class Channel:
             self._send_data(now, out)
 
     def _requests(self, now: float) -> list[Message]:
-        want = self.request_window - self.outstanding.count
+        want = self.request_window - self.outstanding_count
         if want < max(1, self.request_window // 4) or self.peer_have.is_empty():
             return []
         picks = self.swarm.pick(self, want)
         msgs: list[Message] = []
         for s, e in picks:
             self.outstanding.add(s, e)
+            self.outstanding_count += e - s + 1
             self.swarm.pending.add(s, e)
-            self.outstanding_batches.append((now, s, e))
             msgs.append(Request(s, e))
         return msgs
 
@@ -413,8 +410,8 @@ class Channel:
         ts = self._ts_us(now)
         requests = self.peer_requests
         have = content.have
-        peer_has_any = not self.peer_have.is_empty()
         remote = self.remote_id
+        peer_hashes = self.peer_hashes
         ctx = self.ctx
         byte_ranges = ctx.chunk_addressing.is_byte_range
         while requests and ledbat.can_send(len(in_flight) * size):
@@ -427,10 +424,7 @@ class Channel:
             self.queued_request_chunks -= 1
             if chunk not in have or chunk in in_flight:
                 continue
-            integrity = content.integrity_for(chunk, self._peer_knows, peer_has_any)
-            for m in integrity:
-                if type(m) is Integrity:
-                    self.hashes_sent.add(self.swarm.bin_of(m.start, m.end))
+            integrity = content.integrity_for(chunk, peer_hashes)
             payload = content.read_chunk(chunk)
             if byte_ranges:
                 s, e = chunk * size, chunk * size + len(payload) - 1
@@ -473,7 +467,7 @@ class Channel:
             order.popleft()  # acknowledged meanwhile
         if order:
             t = min(t, order[0][0] + self.ledbat.rto())
-        if self.outstanding_batches:
+        if self.outstanding_count:
             t = min(t, self.last_data_received + REQUEST_STALL)
         return t
 
@@ -518,7 +512,7 @@ class Channel:
                 self.last_loss_reaction = now
             # Hashes sent with lost DATA may be lost too: the retransmission resends what
             # the peer's acknowledged chunks do not imply.
-            self.hashes_sent.clear()
+            self.peer_hashes.known.clear()
             lost.sort()
             run_start = prev = lost[0]
             front: list[list[int]] = []
@@ -535,7 +529,7 @@ class Channel:
             order.popleft()
 
     def _expire_requests(self, now: float) -> None:
-        if not self.outstanding_batches or self.last_data_received + REQUEST_STALL > now:
+        if not self.outstanding_count or self.last_data_received + REQUEST_STALL > now:
             return
         # Nothing arrived for a while: give everything outstanding back to the picker, so it
         # is asked for again (here or at another peer), and request less from this peer.

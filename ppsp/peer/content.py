@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ppsp.peer.bins import bin_to_range, range_to_bin
+from ppsp.peer.bins import bin_layer, bin_to_range, parent, range_to_bin
 from ppsp.peer.live import (
     DiscardWindow,
     LiveSigner,
@@ -51,12 +51,49 @@ class SwarmParameters:
         return self.integrity_method in (IntegrityMethod.SIGN_ALL, IntegrityMethod.UNIFIED_MERKLE)
 
 
-#: ``peer_knows(b, own)``: does the peer already hold the hash of Merkle node ``b`` (a bin)?
-#: In a static tree a peer that verified any chunk under ``b``'s parent knows ``b`` (it is on
-#: that chunk's path or is one of its uncles, §5.2); ``own=True`` asks for a chunk under ``b``
-#: itself, which is what a signed munro needs (§6.1.2: a munro is only known with its
-#: signature).
-PeerKnows = Callable[[int, bool], bool]
+class PeerHashes:
+    """What one peer can already know of our hash tree, so that only the hashes it lacks are
+    sent (§5.3, §5.4).
+
+    ``known`` holds bins whose hash the peer has or will have: sent in an INTEGRITY, or
+    computable from DATA we sent (a leaf, and every node whose two children are known). It
+    is cleared when DATA is lost, since the hashes may have been lost with it. ``have`` is the
+    peer's acknowledged chunks: a peer that verified a chunk under a node's parent knows the
+    node (it is on that chunk's path or one of its uncles, §5.2).
+
+    Both kinds of knowledge are upward closed along a chunk's uncle path: once one uncle is
+    known, every higher one is too, so a sender can stop at the first known uncle.
+    """
+
+    __slots__ = ("have", "known")
+
+    def __init__(self, have: ChunkSet) -> None:
+        self.have = have
+        self.known: set[int] = set()
+
+    def knows(self, b: int, own: bool = False) -> bool:
+        """Whether the peer holds the hash of node ``b``; ``own=True`` asks for a chunk under
+        ``b`` itself, which is what a signed munro needs (§6.1.2: known only with its
+        signature)."""
+        if b in self.known:
+            return True
+        if not own:
+            b = parent(b)
+        layer = bin_layer(b)
+        start = (b >> (layer + 1)) << layer
+        return self.have.overlaps(start, start + (1 << layer) - 1)
+
+    def sent_data(self, chunk: int) -> None:
+        """DATA for ``chunk`` went out: its leaf, and complete subtrees above it, are known."""
+        known = self.known
+        b = chunk << 1
+        layer = 0
+        while True:
+            known.add(b)
+            if b ^ (2 << layer) not in known:
+                return
+            b = (b | (1 << layer)) & ~(2 << layer)
+            layer += 1
 
 
 class SwarmContent(Protocol):
@@ -72,9 +109,10 @@ class SwarmContent(Protocol):
 
     def read_chunk(self, chunk: int) -> bytes | memoryview: ...
 
-    def integrity_for(
-        self, chunk: int, peer_knows: PeerKnows, peer_has_any: bool
-    ) -> list[Integrity | SignedIntegrity]: ...
+    def integrity_for(self, chunk: int, peer: PeerHashes) -> list[Integrity | SignedIntegrity]:
+        """The INTEGRITY / SIGNED_INTEGRITY messages to put before DATA(chunk), in wire order,
+        leaving out what ``peer`` knows and recording what is sent."""
+        ...
 
     def accept_integrity(self, messages: list[Integrity]) -> bool: ...
 
@@ -100,6 +138,7 @@ class StaticContent:
     """
 
     def __init__(self, tree: HashTree, storage: ChunkWriter, have: ChunkSet | None = None) -> None:
+        self._peaks: list[tuple[int, int]] | None = None
         self.tree = tree
         self.storage = storage
         self.have = have if have is not None else ChunkSet()
@@ -116,25 +155,43 @@ class StaticContent:
     def read_chunk(self, chunk: int) -> bytes | memoryview:
         return self.storage.read_chunk(chunk)
 
-    def integrity_for(
-        self, chunk: int, peer_knows: PeerKnows, peer_has_any: bool
-    ) -> list[Integrity | SignedIntegrity]:
+    def integrity_for(self, chunk: int, peer: PeerHashes) -> list[Integrity | SignedIntegrity]:
         # §5.4 and §5.6: the peaks first (they let a leecher that only has the root hash learn
-        # the content size), then the uncles, highest first — the order libswift sends and
-        # expects. Hashes the peer already holds are skipped (§5.3).
+        # the content size), then the uncles up to the chunk's peak, highest first — the
+        # order libswift sends and expects. What the peer knows is left out (§5.3).
         tree = self.tree
+        known = peer.known
         out: list[Integrity | SignedIntegrity] = []
-        # A peer that verified any chunk has checked the peaks against the root already.
-        for peak in () if peer_has_any else tree.peak_bins():
-            if not peer_knows(peak, False):
-                start, end = bin_to_range(peak)
-                out.append(Integrity(start, end, tree.hash_at(peak) or b""))
-        uncles = tree.uncle_bins(chunk)
-        for b in reversed(uncles):
-            if not peer_knows(b, False):
-                start, end = bin_to_range(b)
-                out.append(Integrity(start, end, tree.hash_at(b) or b""))
+        if peer.have.is_empty():
+            for b in tree.peak_bins():
+                if b not in known:
+                    known.add(b)
+                    out.append(_integrity(tree, b))
+        peak = self._peak_of(chunk)
+        b = chunk << 1
+        layer = 0
+        uncles: list[int] = []
+        while b != peak:
+            uncle = b ^ (2 << layer)
+            if peer.knows(uncle):
+                break  # and so every higher uncle (PeerHashes)
+            uncles.append(uncle)
+            known.add(uncle)
+            b = (b | (1 << layer)) & ~(2 << layer)
+            layer += 1
+        for uncle in reversed(uncles):
+            out.append(_integrity(tree, uncle))
+        peer.sent_data(chunk)
         return out
+
+    def _peak_of(self, chunk: int) -> int:
+        peaks = self._peaks
+        if peaks is None:
+            peaks = self._peaks = [(bin_to_range(b)[1], b) for b in self.tree.peak_bins()]
+        for last, b in peaks:
+            if chunk <= last:
+                return b
+        raise IndexError(f"chunk {chunk} is beyond the content")
 
     def accept_integrity(self, messages: list[Integrity]) -> bool:
         """Take untrusted hashes; ``False`` only for hashes no honest peer sends.
@@ -173,6 +230,13 @@ class StaticContent:
         self.storage.write_chunk(chunk, data)
         self.have.add(chunk, chunk)
         return True
+
+
+def _integrity(tree: HashTree, b: int) -> Integrity:
+    start, end = bin_to_range(b)
+    h = tree.hash_at(b)
+    assert h is not None, "a seeder holds every hash of its tree"
+    return Integrity(start, end, h)
 
 
 class MemoryChunkStore:
@@ -240,16 +304,22 @@ class _LiveBase:
 
     def _integrity_um(
         self,
+        chunk: int,
         messages: tuple[Integrity, SignedIntegrity, list[Integrity]],
-        peer_knows: PeerKnows,
+        peer: PeerHashes,
     ) -> list[Integrity | SignedIntegrity]:
         munro, signed, uncles = messages
         out: list[Integrity | SignedIntegrity] = []
-        if not peer_knows(range_to_bin(munro.start, munro.end), True):
+        b = range_to_bin(munro.start, munro.end)
+        if not peer.knows(b, own=True):
+            peer.known.add(b)
             out += [munro, signed]
         for u in uncles:
-            if not peer_knows(range_to_bin(u.start, u.end), False):
+            b = range_to_bin(u.start, u.end)
+            if not peer.knows(b):
+                peer.known.add(b)
                 out.append(u)
+        peer.sent_data(chunk)
         return out
 
 
@@ -311,11 +381,9 @@ class LiveSourceContent(_LiveBase):
         for c in [c for c in self.signatures if c < chunk]:
             del self.signatures[c]
 
-    def integrity_for(
-        self, chunk: int, peer_knows: PeerKnows, peer_has_any: bool
-    ) -> list[Integrity | SignedIntegrity]:
+    def integrity_for(self, chunk: int, peer: PeerHashes) -> list[Integrity | SignedIntegrity]:
         if self.unified is not None:
-            return self._integrity_um(self.unified.integrity_for(chunk), peer_knows)
+            return self._integrity_um(chunk, self.unified.integrity_for(chunk), peer)
         return [self.signatures[chunk]]  # §6.1.1: every DATA comes with its signature
 
     def accept_integrity(self, messages: list[Integrity]) -> bool:
@@ -424,11 +492,9 @@ class LiveContent(_LiveBase):
         if self.unified is not None:
             self.unified.forget_before(chunk)
 
-    def integrity_for(
-        self, chunk: int, peer_knows: PeerKnows, peer_has_any: bool
-    ) -> list[Integrity | SignedIntegrity]:
+    def integrity_for(self, chunk: int, peer: PeerHashes) -> list[Integrity | SignedIntegrity]:
         if self.unified is not None:
-            return self._integrity_um(self.unified.integrity_for(chunk), peer_knows)
+            return self._integrity_um(chunk, self.unified.integrity_for(chunk), peer)
         raise LookupError("a Sign All viewer does not keep signatures to relay")
 
 

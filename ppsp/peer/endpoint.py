@@ -207,8 +207,8 @@ class Swarm:
         return [ChunkRange(s, min(e, n - 1)) for s, e in picks if s < n]
 
     def chunk_verified(self, chunk: int, source: Channel) -> None:
+        # ``pending`` keeps the chunk: the picker subtracts ``have`` anyway (cheaper).
         self.new_chunks.append(chunk)
-        self.pending.remove(chunk, chunk)
         self.endpoint.dirty_swarms.add(self)
         if not self.completed and self.content.complete:
             self.completed = True

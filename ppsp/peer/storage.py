@@ -61,14 +61,18 @@ def sidecar_path(
     return cache_dir / f"{path.name}.{tag}{suffix}"
 
 
-def _atomic_write(target: Path, parts: list[bytes | bytearray]) -> None:
+def _atomic_write(target: Path, parts: list[bytes | bytearray], durable: bool = True) -> None:
+    """Replace ``target`` atomically; ``durable`` also survives a power cut (fsync), which a
+    mid-download compaction skips: it must only survive the process being killed, and an
+    fsync there stalls the data path for tens of milliseconds."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             for p in parts:
                 f.write(p)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -384,7 +388,7 @@ class DownloadStorage:
         os.write(self._journal_fd, batch)
         self._journal_bytes += len(batch)
         if self._journal_bytes > max(self._snapshot_len, _MIN_COMPACT):
-            self.checkpoint()
+            self._checkpoint(sync_data=False, durable=False)
 
     def checkpoint(self) -> None:
         """Make everything held durable: fsync the content, write a fresh snapshot."""
@@ -394,7 +398,7 @@ class DownloadStorage:
         self._pending_chunks = 0
         self._checkpoint(sync_data=True)
 
-    def _checkpoint(self, sync_data: bool) -> None:
+    def _checkpoint(self, sync_data: bool, durable: bool = True) -> None:
         if sync_data:
             os.fsync(self._fd)
         tree_bytes = self.tree.to_bytes()
@@ -403,6 +407,7 @@ class DownloadStorage:
         _atomic_write(
             self.resume_path,
             [_RESUME_MAGIC, _U64.pack(len(snapshot)), snapshot, hashlib.sha256(snapshot).digest()],
+            durable,
         )
         self._snapshot_len = len(snapshot)
         self._written_n = self.tree.num_chunks
