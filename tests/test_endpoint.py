@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pytest
 
@@ -45,7 +44,9 @@ def seeder(
     ep = Endpoint()
     n = tree.num_chunks
     assert n is not None
-    ep.add_swarm(params, StaticContent(tree, MemoryChunkStore(chunk_size, data), ChunkSet([(0, n - 1)])))
+    ep.add_swarm(
+        params, StaticContent(tree, MemoryChunkStore(chunk_size, data), ChunkSet([(0, n - 1)]))
+    )
     return ep, params
 
 
@@ -58,7 +59,9 @@ def leecher(params: SwarmParameters) -> tuple[Endpoint, StaticContent, MemoryChu
     return ep, content, store
 
 
-def download(net: SimNet, lee: Endpoint, swarm_id: bytes, peers: list[tuple[str, int]], until: float = 60) -> None:
+def download(
+    net: SimNet, lee: Endpoint, swarm_id: bytes, peers: list[tuple[str, int]], until: float = 60
+) -> None:
     for p in peers:
         lee.connect(swarm_id, p, net.now)
     net.run(until, stop=lambda: any(isinstance(e, DownloadComplete) for e in net.events[LEECHER]))
@@ -110,7 +113,7 @@ def test_two_seeders_both_serve() -> None:
     s2, _ = seeder(data)
     net.add(SEEDER, s1)
     net.add(SEEDER2, s2)
-    lee, content, store = leecher(params)
+    lee, _content, store = leecher(params)
     net.add(LEECHER, lee)
     download(net, lee, params.swarm_id, [SEEDER, SEEDER2])
     assert store.content() == data
@@ -131,7 +134,7 @@ def test_corrupt_seeder_is_dropped_and_good_one_completes() -> None:
     swarm.content.storage = MemoryChunkStore(1024, bytes(bad))
     net.add(SEEDER, good_ep)
     net.add(SEEDER2, bad_ep)
-    lee, content, store = leecher(params)
+    lee, _content, store = leecher(params)
     net.add(LEECHER, lee)
     download(net, lee, params.swarm_id, [SEEDER2, SEEDER])
     assert store.content() == data
@@ -143,10 +146,10 @@ def test_corrupt_seeder_is_dropped_and_good_one_completes() -> None:
 def test_unknown_swarm_gets_no_reply() -> None:
     data = make_content(10 * 1024)
     net = SimNet()
-    seed_ep, params = seeder(data)
+    seed_ep, _params = seeder(data)
     net.add(SEEDER, seed_ep)
-    other, _ = seeder(make_content(10 * 1024, seed=9))
-    lee, content, _ = leecher(SwarmParameters(hashlib.sha256(b"x").digest()))
+    _other, _ = seeder(make_content(10 * 1024, seed=9))
+    lee, _content, _ = leecher(SwarmParameters(hashlib.sha256(b"x").digest()))
     net.add(LEECHER, lee)
     lee.connect(hashlib.sha256(b"x").digest(), SEEDER, 0.0)
     net.run(10)
@@ -175,7 +178,7 @@ def test_garbage_does_not_disturb_a_download() -> None:
     net = SimNet()
     seed_ep, params = seeder(data)
     net.add(SEEDER, seed_ep)
-    lee, content, store = leecher(params)
+    lee, _content, store = leecher(params)
     net.add(LEECHER, lee)
     rng = __import__("random").Random(3)
     attacker = ("10.0.0.66", 6666)
@@ -195,7 +198,7 @@ def test_dead_peer_detected_after_three_minutes() -> None:
     net = SimNet()
     seed_ep, params = seeder(data)
     net.add(SEEDER, seed_ep)
-    lee, content, _ = leecher(params)
+    lee, _content, _ = leecher(params)
     net.add(LEECHER, lee)
     lee.connect(params.swarm_id, SEEDER, 0.0)
     net.run(0.05)

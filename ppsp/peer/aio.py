@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from ppsp.peer.content import StaticContent, SwarmParameters
+from ppsp.peer.content import (
+    DEFAULT_CHUNKS_PER_SIGNATURE,
+    DEFAULT_LIVE_WINDOW,
+    LiveContent,
+    LiveSourceContent,
+    StaticContent,
+    SwarmParameters,
+)
 from ppsp.peer.endpoint import (
     ChannelClosed,
     ChannelEstablished,
@@ -28,8 +35,10 @@ from ppsp.peer.endpoint import (
     Event,
     IntegrityFailed,
 )
+from ppsp.peer.live import LiveSigner, LiveVerifier
 from ppsp.peer.merkle import HashTree
 from ppsp.peer.messages import IntegrityMethod, LiveSignatureAlgorithm, MerkleHashFunction
+from ppsp.peer.picker import PickPolicy
 from ppsp.peer.storage import DownloadStorage, SeedStorage
 
 log = logging.getLogger(__name__)
@@ -77,6 +86,15 @@ class DownloadResult:
     size: int
     seconds: float
     peers_used: int
+
+
+@dataclass
+class _Tally:
+    """What a download saw of its channels, to explain a failure in one line."""
+
+    established: int = 0
+    integrity: int = 0
+    reason: str = ""
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -247,24 +265,24 @@ async def download(
     node = PeerNode()
     swarm = node.endpoint.add_swarm(params, content)
     done: asyncio.Future[None] = node.loop.create_future()
-    state = {"established": 0, "integrity": 0, "closed": 0, "reason": ""}
+    state = _Tally()
     used: set[Address] = set()
 
     def on_event(event: Event) -> None:
         if isinstance(event, ChannelEstablished):
-            state["established"] = int(state["established"]) + 1
+            state.established += 1
             used.add(event.addr)
         elif isinstance(event, IntegrityFailed):
-            state["integrity"] = int(state["integrity"]) + 1
+            state.integrity += 1
         elif isinstance(event, ChannelClosed):
-            state["reason"] = event.reason
+            state.reason = event.reason
             if not swarm.channels and not done.done() and not content.complete:
-                if state["integrity"]:
+                if state.integrity:
                     exc: DownloadError = IntegrityFailure(
                         f"integrity failure: every peer sent content that failed verification "
                         f"({event.reason})"
                     )
-                elif not state["established"]:
+                elif not state.established:
                     exc = NoPeerAnswered(f"no peer answered ({event.reason})")
                 else:
                     exc = DownloadError(f"all peers went away ({event.reason})")
@@ -286,7 +304,7 @@ async def download(
         while not done.done():
             remaining = deadline - node.loop.time()
             if remaining <= 0:
-                if not state["established"]:
+                if not state.established:
                     raise NoPeerAnswered(
                         f"no peer answered within {timeout:g} s ({', '.join(_fmt(p) for p in peers)})"
                     )
@@ -312,15 +330,96 @@ def _fmt(addr: Address) -> str:
     return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
+class LiveSourceHandle(SeederHandle):
+    """A running live source; it closes itself once the stream ended and peers drained."""
+
+    def __init__(self, node: PeerNode, swarm_id: bytes, address: Address) -> None:
+        super().__init__(node, swarm_id, address)
+        self.pump: asyncio.Task[None] | None = None
+        self.chunks = 0
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+        super().close()
+
+
+async def _read_chunk(source: asyncio.StreamReader | BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end of the stream."""
+    if isinstance(source, asyncio.StreamReader):
+        try:
+            return await source.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        part = await asyncio.to_thread(source.read, size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 async def serve_live_source(
     source: asyncio.StreamReader | BinaryIO,
     listen: Address = ("127.0.0.1", 0),
     integrity_method: IntegrityMethod = IntegrityMethod.UNIFIED_MERKLE,
     algorithm: LiveSignatureAlgorithm = LiveSignatureAlgorithm.ECDSAP256SHA256,
     chunk_size: int = 1024,
-) -> SeederHandle:
-    """Sign and serve a live stream read from ``source``; ``swarm_id`` is the public key."""
-    raise NotImplementedError
+    *,
+    signer: LiveSigner | None = None,
+    chunks_per_signature: int = DEFAULT_CHUNKS_PER_SIGNATURE,
+    window: int | None = DEFAULT_LIVE_WINDOW,
+    drain_timeout: float = 10.0,
+) -> LiveSourceHandle:
+    """Sign and serve a live stream read from ``source``; ``swarm_id`` is the public key.
+
+    At the end of the stream the source waits (up to ``drain_timeout``) until every viewer
+    acknowledged the last chunks, then closes its channels explicitly (§8.4) and itself.
+    """
+    if integrity_method not in (IntegrityMethod.UNIFIED_MERKLE, IntegrityMethod.SIGN_ALL):
+        raise ValueError("a live stream needs Unified Merkle Tree or Sign All (RFC 7574 §6)")
+    if signer is None:
+        signer = await asyncio.to_thread(LiveSigner.generate, algorithm)
+    params = SwarmParameters(
+        swarm_id=signer.swarm_id,
+        integrity_method=integrity_method,
+        hash_function=MerkleHashFunction.SHA256,
+        chunk_size=chunk_size,
+        live_signature_algorithm=signer.swarm_id[0],
+        live_discard_window=window,
+    )
+    content = LiveSourceContent(params, signer, chunks_per_signature, window)
+    node = PeerNode()
+    swarm = node.endpoint.add_swarm(params, content, PickPolicy.IN_ORDER)
+    address = await node.start(listen)
+    handle = LiveSourceHandle(node, signer.swarm_id, address)
+
+    async def pump() -> None:
+        while True:
+            data = await _read_chunk(source, chunk_size)
+            if data:
+                swarm.publish(content.add_chunk(data, time.time()))
+                handle.chunks += 1
+                node.kick()
+            if len(data) < chunk_size:
+                break
+        swarm.publish(content.end(time.time()))
+        node.kick()
+        last = content.next_chunk - 1
+        deadline = node.loop.time() + drain_timeout
+        while last >= 0 and node.loop.time() < deadline:
+            if all(last in ch.peer_have for ch in swarm.channels if ch.is_open):
+                break
+            await asyncio.sleep(0.02)
+        log.info("live stream ended after %d chunks", content.next_chunk)
+        node.close()
+
+    handle.pump = node.loop.create_task(pump())
+    log.info("live source %s on %s:%d", signer.swarm_id.hex(), *address)
+    return handle
 
 
 async def download_live(
@@ -331,7 +430,74 @@ async def download_live(
     chunk_size: int = 1024,
     timeout: float = 60.0,
     progress: ProgressCallback | None = None,
+    *,
+    chunks_per_signature: int = DEFAULT_CHUNKS_PER_SIGNATURE,
+    window: int | None = DEFAULT_LIVE_WINDOW,
+    listen: Address = ("127.0.0.1", 0),
 ) -> int:
     """Follow a live swarm, writing verified chunks in order to ``out``; returns bytes written
-    when the source closes the stream (or raises :class:`DownloadError`)."""
-    raise NotImplementedError
+    when the source closes the stream (or raises :class:`DownloadError`). ``timeout`` bounds
+    the silence: no new chunk for that long ends the download."""
+    if not peers:
+        raise NoPeerAnswered("no peer given")
+    try:
+        LiveVerifier.from_swarm_id(swarm_id)
+    except ValueError as exc:
+        raise DownloadError(f"not a live swarm ID: {exc}") from exc
+    written = 0
+
+    def deliver(chunk: int, data: bytes) -> None:
+        nonlocal written
+        out.write(data)
+        written += len(data)
+
+    params = SwarmParameters(
+        swarm_id=swarm_id,
+        integrity_method=integrity_method,
+        hash_function=MerkleHashFunction.SHA256,
+        chunk_size=chunk_size,
+        live_signature_algorithm=swarm_id[0],
+    )
+    content = LiveContent(params, chunks_per_signature, window, deliver)
+    node = PeerNode()
+    swarm = node.endpoint.add_swarm(params, content, PickPolicy.IN_ORDER)
+    state = _Tally()
+    ended = asyncio.Event()
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, ChannelEstablished):
+            state.established += 1
+        elif isinstance(event, IntegrityFailed):
+            state.integrity += 1
+        elif isinstance(event, ChannelClosed):
+            state.reason = event.reason
+            if not swarm.channels:
+                ended.set()
+
+    node.listeners.append(on_event)
+    await node.start(listen)
+    try:
+        now = node.loop.time()
+        for peer in peers:
+            node.endpoint.connect(swarm_id, peer, now)
+        node.kick()
+        last_written, last_progress = -1, node.loop.time()
+        while not ended.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ended.wait(), 0.1)
+            if written != last_written:
+                last_written, last_progress = written, node.loop.time()
+                if progress is not None:
+                    progress(written, None)
+            elif node.loop.time() - last_progress > timeout:
+                if not state.established:
+                    raise NoPeerAnswered(f"no peer answered within {timeout:g} s")
+                raise DownloadTimeout(f"no new chunk for {timeout:g} s")
+        out.flush()
+        if not state.established:
+            raise NoPeerAnswered(f"no peer answered ({state.reason})")
+        if state.integrity and not written:
+            raise IntegrityFailure("integrity failure: the stream failed verification")
+        return written
+    finally:
+        node.close()

@@ -213,7 +213,9 @@ class Channel:
                 assert isinstance(msg, Handshake)
                 if msg.is_close:
                     refused = self.state is ChannelState.HANDSHAKE_SENT
-                    self.close("peer refused the handshake" if refused else "peer closed the channel")
+                    self.close(
+                        "peer refused the handshake" if refused else "peer closed the channel"
+                    )
                     return
                 self._on_handshake_reply(msg, now)
             elif t is Choke:
@@ -431,9 +433,7 @@ class Channel:
                 integrity = self.swarm.to_wire(integrity)  # type: ignore[assignment,arg-type]
             else:
                 s = e = chunk
-            if integrity and type(integrity[-1]) is not Integrity or any(
-                type(m) is SignedIntegrity for m in integrity
-            ):
+            if any(type(m) is SignedIntegrity for m in integrity):
                 msgs: list[Message] = [*integrity, Data(s, e, ts, payload)]
                 dgram = fastwire.encode_datagram(remote, msgs, ctx)
             else:

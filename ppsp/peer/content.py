@@ -245,8 +245,7 @@ class MemoryChunkStore:
     def __init__(self, chunk_size: int, data: bytes = b"") -> None:
         self.chunk_size = chunk_size
         self.chunks: dict[int, bytes] = {
-            i: data[off : off + chunk_size]
-            for i, off in enumerate(range(0, len(data), chunk_size))
+            i: data[off : off + chunk_size] for i, off in enumerate(range(0, len(data), chunk_size))
         }
 
     def read_chunk(self, chunk: int) -> bytes | memoryview:
@@ -392,8 +391,8 @@ class LiveSourceContent(_LiveBase):
     def accept_signed_integrity(self, message: SignedIntegrity) -> bool:
         return True
 
-    def verify_and_store(self, chunk: int, data: bytes | memoryview) -> bool:
-        return chunk in self.have  # nobody feeds the injector; a duplicate is harmless
+    def verify_and_store(self, chunk: int, data: bytes | memoryview) -> bool | None:
+        return None  # nobody feeds the injector; whatever comes is ignored
 
 
 class LiveContent(_LiveBase):
@@ -428,7 +427,10 @@ class LiveContent(_LiveBase):
     def tune_in(self, latest: int) -> int:
         """Start playback at the munro holding ``latest`` (the peer's newest chunk)."""
         if self.position is None:
-            n = self.chunks_per_signature if self.unified is not None else 1
+            # Unified Merkle: verification needs the munro's signature, so start at a munro
+            # boundary. Sign All could start anywhere; the same boundary gives it a startup
+            # buffer of up to one munro's worth of chunks.
+            n = self.chunks_per_signature
             self.position = latest - latest % n
         return self.position
 
@@ -458,23 +460,24 @@ class LiveContent(_LiveBase):
             message.start, message.end, munro_hash, message.timestamp, message.signature
         )
 
-    def verify_and_store(self, chunk: int, data: bytes | memoryview) -> bool:
+    def verify_and_store(self, chunk: int, data: bytes | memoryview) -> bool | None:
         if chunk in self.have:
             return True
         if self.position is not None and chunk < self.position:
-            return True  # behind the playback position: of no use, but not an attack
+            return None  # behind the playback position: of no use, but not an attack
+        ok: bool | None
         if self.unified is not None:
-            ok = self.unified.verify_chunk(chunk, data)
+            ok = self.unified.check_chunk(chunk, data)
         else:
             assert self.sign_all is not None
             sig = self.signatures.pop((chunk, chunk), None) or self.signatures.pop(
                 _byte_key(chunk, len(data), self.params), None
             )
-            ok = sig is not None and self.sign_all.verify(
-                sig.start, sig.end, sig.timestamp, sig.signature, data
-            )
+            if sig is None:
+                return None  # its SIGNED_INTEGRITY was lost on the way
+            ok = self.sign_all.verify(sig.start, sig.end, sig.timestamp, sig.signature, data)
         if not ok:
-            return False
+            return ok
         self.store.write_chunk(chunk, data)
         self.have.add(chunk, chunk)
         self._play()

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from ppsp.peer import fastwire
 from ppsp.peer.bins import bin_to_range, bins_covering, range_to_bin
 from ppsp.peer.channel import Address, Channel, ChannelState
-from ppsp.peer.content import SwarmContent, SwarmParameters
+from ppsp.peer.content import LiveContent, SwarmContent, SwarmParameters
 from ppsp.peer.messages import (
     Ack,
     Cancel,
     Data,
-    SignedIntegrity,
     DecodeError,
     Handshake,
     HandshakeOptions,
@@ -35,6 +34,7 @@ from ppsp.peer.messages import (
     IntegrityMethod,
     Message,
     Request,
+    SignedIntegrity,
     WireContext,
     signature_size_for,
 )
@@ -123,7 +123,9 @@ class Swarm:
         signature_size = 64
         if params.live_signature_algorithm is not None and params.is_live:
             signature_size = signature_size_for(params.live_signature_algorithm, params.swarm_id)
-        self.wire_conversion = params.chunk_addressing.is_bin or params.chunk_addressing.is_byte_range
+        self.wire_conversion = (
+            params.chunk_addressing.is_bin or params.chunk_addressing.is_byte_range
+        )
         self.wire_context = WireContext(
             params.chunk_addressing, params.hash_function.digest_size, signature_size
         )
@@ -197,10 +199,13 @@ class Swarm:
     # -- downloading
 
     def pick(self, channel: Channel, want: int) -> list[ChunkRange]:
+        content = self.content
+        if isinstance(content, LiveContent):
+            if content.position is None:
+                return []
+            self.picker.position = content.position
         others = [c.peer_have for c in self.channels if c is not channel and c.is_open]
-        picks = self.picker.pick(
-            channel.peer_have, self.content.have, self.pending, want, others
-        )
+        picks = self.picker.pick(channel.peer_have, self.content.have, self.pending, want, others)
         n = self.content.num_chunks
         if n is None:
             return picks
@@ -234,8 +239,19 @@ class Swarm:
                 self.endpoint.dirty.add(ch)
 
     def peer_has(self, start: int, end: int) -> None:
+        content = self.content
+        if isinstance(content, LiveContent) and content.position is None:
+            # §6.1.2.4 tune-in: start at the munro of the newest chunk the peer offers.
+            self.picker.position = content.tune_in(end)
         if not self.completed:
             self.wake_pickers()
+
+    def publish(self, ranges: list[tuple[int, int]]) -> None:
+        """New chunks at the live source (§6): announce them to every peer."""
+        for s, e in ranges:
+            self.new_chunks.extend(range(s, e + 1))
+        if ranges:
+            self.endpoint.dirty_swarms.add(self)
 
     def wake_pickers(self) -> None:
         for ch in self.channels:

@@ -814,8 +814,16 @@ class UnifiedMerkleVerifier(_UnifiedMerkleBase):
 
     def verify_chunk(self, index: int, data: bytes | memoryview) -> bool:
         """True if chunk ``index`` hashes up to its signed munro (§6.1.2.1, §5.2)."""
-        if index < 0 or (index >> self._munro_height) not in self._signed:
+        return self.check_chunk(index, data) is True
+
+    def check_chunk(self, index: int, data: bytes | memoryview) -> bool | None:
+        """As :meth:`verify_chunk`, but None when the chunk cannot be checked *yet* (its munro
+        is not signed here, or an uncle is missing): that says nothing against the sender,
+        whose hashes may have been lost on the way."""
+        if index < 0:
             return False
+        if (index >> self._munro_height) not in self._signed:
+            return None
         current = self._hash(data).digest()
         height, position = 0, index
         used: list[tuple[tuple[int, int], bytes]] = []
@@ -829,7 +837,7 @@ class UnifiedMerkleVerifier(_UnifiedMerkleBase):
             sibling = (height, position ^ 1)
             sibling_hash = self._trusted.get(sibling) or self._candidates.get(sibling)
             if sibling_hash is None:
-                return False
+                return None
             used.append((node, current))
             used.append((sibling, sibling_hash))
             if position & 1:

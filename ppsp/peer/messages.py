@@ -371,7 +371,9 @@ class WireContext:
             try:
                 cam = ChunkAddressing(options.chunk_addressing)
             except ValueError as exc:
-                raise DecodeError(f"unknown chunk addressing method {options.chunk_addressing}") from exc
+                raise DecodeError(
+                    f"unknown chunk addressing method {options.chunk_addressing}"
+                ) from exc
         hash_size = self.hash_size
         if options.merkle_hash_function is not None:
             try:
