@@ -62,7 +62,7 @@ def setup(
 @pytest.mark.parametrize("method", [IntegrityMethod.UNIFIED_MERKLE, IntegrityMethod.SIGN_ALL])
 @pytest.mark.parametrize("loss", [0.0, 0.05])
 def test_viewer_plays_the_stream_in_order(method: IntegrityMethod, loss: float) -> None:
-    net, swarm, src, viewer, played = setup(method, loss)
+    net, swarm, src, _viewer, played = setup(method, loss)
     stream = [os.urandom(1024) for _ in range(200)]
     for i, chunk in enumerate(stream):
         swarm.publish(src.add_chunk(chunk, time.time()))
