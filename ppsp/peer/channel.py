@@ -279,13 +279,20 @@ class Channel:
 
     def _on_ack(self, msg: Ack, now: float) -> None:
         start, end = msg.start, msg.end
-        if end - start > 1 << 20:
-            return  # hostile: an ACK cannot cover more than we could have sent
-        self.peer_have.add(start, end)
+        if end < start:
+            return
+        if len(self.peer_have) < MAX_HAVE_INTERVALS:
+            self.peer_have.add(start, end)
         acked = 0
         in_flight = self.in_flight
         sample_time: float | None = None
-        for chunk in range(start, end + 1):
+        # Walk whichever is smaller, the range or what is in flight: a hostile ACK of 2^32
+        # chunks must cost no more than an honest one.
+        if end - start < len(in_flight):
+            candidates: list[int] | range = range(start, end + 1)
+        else:
+            candidates = [c for c in in_flight if start <= c <= end]
+        for chunk in candidates:
             sent = in_flight.pop(chunk, None)
             if sent is not None:
                 acked += self.chunk_size
@@ -311,11 +318,13 @@ class Channel:
     def _on_request(self, start: int, end: int) -> None:
         if end < start or self.queued_request_chunks >= MAX_QUEUED_REQUESTS * 64:
             return
-        n = self.swarm.content.num_chunks
-        if n is not None:
-            end = min(end, n - 1)
-            if start > end:
-                return
+        # Only what we hold can be served: clip to it, so a hostile range costs nothing.
+        last = self.swarm.content.have.last
+        if last is None:
+            return
+        end = min(end, last)
+        if start > end:
+            return
         if len(self.peer_requests) >= MAX_QUEUED_REQUESTS:
             return
         self.peer_requests.append([start, end])
@@ -419,12 +428,23 @@ class Channel:
         while requests and ledbat.can_send(len(in_flight) * size):
             head = requests[0]
             chunk = head[0]
-            if head[0] == head[1]:
+            if chunk not in have:
+                # Skip the whole gap at once: a REQUEST over chunks we lack costs nothing.
+                gap = have.missing(chunk, head[1])
+                skip_to = gap[0][1] + 1 if gap else chunk + 1
+                if skip_to > head[1]:
+                    requests.popleft()
+                    self.queued_request_chunks -= head[1] - chunk + 1
+                else:
+                    self.queued_request_chunks -= skip_to - chunk
+                    head[0] = skip_to
+                continue
+            if chunk == head[1]:
                 requests.popleft()
             else:
-                head[0] += 1
+                head[0] = chunk + 1
             self.queued_request_chunks -= 1
-            if chunk not in have or chunk in in_flight:
+            if chunk in in_flight:
                 continue
             integrity = content.integrity_for(chunk, peer_hashes)
             payload = content.read_chunk(chunk)
