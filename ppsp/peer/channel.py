@@ -306,7 +306,7 @@ class Channel:
         self._mark()
 
     def _on_have(self, start: int, end: int) -> None:
-        if len(self.peer_have) >= MAX_HAVE_INTERVALS:
+        if end < start or len(self.peer_have) >= MAX_HAVE_INTERVALS:
             return
         self.peer_have.add(start, end)
         # §3.8: a HAVE cancels our pending REQUESTs for those chunks at this peer ... and the
