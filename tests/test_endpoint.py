@@ -247,3 +247,82 @@ def test_unverifiable_chunk_is_never_stored() -> None:
     assert not store.chunks
     assert content.have.is_empty()
     assert any(isinstance(e, IntegrityFailed) for e in net.events[LEECHER])
+
+
+def _count_data(dgram: bytes, ctx_chunk: int = 1024) -> int:
+    from ppsp.peer import fastwire
+    from ppsp.peer.messages import Data, WireContext
+
+    msgs = fastwire.decode_datagram(dgram, WireContext(chunk_size=ctx_chunk)).messages
+    return sum(isinstance(m, Data) for m in msgs)
+
+
+def _mtu_pair(
+    mtu: int,
+) -> tuple[SimNet, Endpoint, Endpoint, StaticContent, MemoryChunkStore, bytes]:
+    data = make_content(300 * 1024 + 10)
+    tree = HashTree.from_content(data, 1024, MerkleHashFunction.SHA256)
+    params = SwarmParameters(tree.root_hash)
+    seed_ep = Endpoint(path_mtu=lambda _a: mtu)
+    seed_ep.add_swarm(
+        params, StaticContent(tree, MemoryChunkStore(1024, data), ChunkSet([(0, 300)]))
+    )
+    lee, content, store = leecher(params)
+    net = SimNet()
+    net.add(SEEDER, seed_ep)
+    net.add(LEECHER, lee)
+    return net, seed_ep, lee, content, store, data
+
+
+def test_several_data_per_datagram_when_the_path_mtu_allows() -> None:
+    """§8.1/§8.6: on a large-MTU path a peer that announced its supported messages gets
+    several DATA per datagram, after one acknowledged probe of two."""
+    net, seed_ep, lee, content, store, data = _mtu_pair(65536)
+    sizes: list[int] = []
+
+    def watch(d: bytes, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+        if src == SEEDER and len(d) > 1000:
+            sizes.append(_count_data(d))
+        return d
+
+    net.tap = watch
+    download(net, lee, params_of(seed_ep), [SEEDER])
+    assert store.content() == data
+    assert sizes[0] == 2  # the probe
+    assert max(sizes) > 2
+    (ch,) = seed_ep.channels.values()
+    assert ch.multi_data_ok is True
+
+
+def test_lost_probe_falls_back_to_one_data_per_datagram() -> None:
+    net, seed_ep, lee, content, store, data = _mtu_pair(65536)
+    sizes: list[int] = []
+
+    def drop_probe(d: bytes, src: tuple[str, int], dst: tuple[str, int]) -> bytes | None:
+        if src == SEEDER and len(d) > 1000:
+            n = _count_data(d)
+            sizes.append(n)
+            if n > 1:
+                return None
+        return d
+
+    net.tap = drop_probe
+    download(net, lee, params_of(seed_ep), [SEEDER])
+    assert store.content() == data
+    assert sizes.count(2) == 1 and max(sizes[1:]) == 1
+    (ch,) = seed_ep.channels.values()
+    assert ch.multi_data_ok is False
+
+
+def test_one_data_per_datagram_on_an_ethernet_mtu() -> None:
+    net, seed_ep, lee, content, store, data = _mtu_pair(1500)
+    sizes: list[int] = []
+    net.tap = lambda d, s, _d: (sizes.append(_count_data(d)) if s == SEEDER else None) or d
+    download(net, lee, params_of(seed_ep), [SEEDER])
+    assert store.content() == data
+    assert max(sizes) == 1
+
+
+def params_of(ep: Endpoint) -> bytes:
+    (swarm_id,) = ep.swarms
+    return swarm_id

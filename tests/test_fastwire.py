@@ -55,6 +55,7 @@ def contexts(draw: st.DrawFn) -> WireContext:
         draw(st.sampled_from(list(ChunkAddressing))),
         draw(st.sampled_from(HASH_SIZES)),
         draw(st.sampled_from([64, 96, 128, 256])),
+        draw(st.sampled_from([None, 4, 1024])),  # a fixed chunk size allows several DATA
     )
 
 
@@ -365,3 +366,34 @@ def test_data_payload_is_not_copied() -> None:
     assert isinstance(msg, Data) and isinstance(msg.payload, memoryview)
     buf[-1] = ord("B")  # the payload is a view of the receive buffer
     assert bytes(msg.payload[-1:]) == b"B"
+
+
+@PROPERTY
+@given(
+    cam=st.sampled_from(list(ChunkAddressing)),
+    chunks=st.lists(st.integers(0, 1000), min_size=1, max_size=6),
+    tail=st.binary(min_size=0, max_size=8),
+)
+def test_several_data_in_one_datagram(cam: ChunkAddressing, chunks: list[int], tail: bytes) -> None:
+    """§8.6: with a fixed chunk size a datagram may carry several DATA messages; each takes
+    exactly its chunks' bytes, the last one the rest (here a short last chunk)."""
+    size = 8
+    ctx = WireContext(cam, 20, 64, size)
+    msgs: list[Message] = []
+    for i, c in enumerate(chunks):
+        start = c * size if cam.is_byte_range else c
+        end = start + size - 1 if cam.is_byte_range else c
+        payload = bytes([i]) * size if i < len(chunks) - 1 else tail or b"z"
+        if cam.is_byte_range and i == len(chunks) - 1:
+            end = start + len(payload) - 1
+        msgs.append(Data(start, end, i, payload))
+    dgram = Datagram(7, msgs)
+    fast = fastwire.encode_datagram(7, msgs, ctx)
+    assert fast == wire.build_datagram(dgram, ctx)
+
+    def fields(ms: list[Message]) -> list[tuple[int, int, int, bytes]]:
+        return [(m.start, m.end, m.timestamp, bytes(m.payload)) for m in ms if isinstance(m, Data)]
+
+    for decoded in (fastwire.decode_datagram(fast, ctx), wire.parse_datagram(fast, ctx)):
+        assert len(decoded.messages) == len(msgs)
+        assert fields(decoded.messages) == fields(msgs)

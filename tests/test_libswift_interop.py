@@ -136,26 +136,38 @@ def leecher_run() -> LeecherRun:
     return run_leecher()
 
 
-def test_our_handshake_is_byte_identical_to_libswifts(leecher_run: LeecherRun) -> None:
+def test_our_handshake_is_libswifts_plus_supported_messages(leecher_run: LeecherRun) -> None:
     first = leecher_run.replay.sent[0]
     assert first.addr == SEEDER
     # §8.4 to channel 0; options (§7) sorted by code: version 1, minimum version 1, swarm
-    # ID (2-byte length 20), CIPM 1 (Merkle), Merkle hash 0 (SHA-1), CAM 2 (chunk32), End.
-    # No option 9: libswift rejects a handshake carrying it (probe B).
+    # ID (2-byte length 20), CIPM 1 (Merkle), Merkle hash 0 (SHA-1), CAM 2 (chunk32),
+    # Supported Messages (all 14 types: 2 bytes fffc), End. No option 9: libswift rejects a
+    # handshake carrying it (probe B).
     expected = (
         bytes.fromhex("00000000 00")
         + OUR_LEECHER_CHANNEL.to_bytes(4, "big")
         + bytes.fromhex("0001 0101 02 0014")
         + SWARM_ID
-        + bytes.fromhex("0301 0400 0602 ff")
+        + bytes.fromhex("0301 0400 0602 0802fffc ff")
     )
     assert first.data == expected
-    # ... which is exactly what libswift itself sends (frame 1), but for the channel ID.
+    # That is libswift's own frame 1 with option 8 before End, the shape of probe C (frame
+    # 5: option 8, length 2, then End), which libswift accepted (frame 6).
     frame1 = packets(STATIC)[0].payload
-    assert first.data == frame1[:5] + OUR_LEECHER_CHANNEL.to_bytes(4, "big") + frame1[9:]
+    option8 = bytes.fromhex("0802fffc")
+    assert (
+        first.data
+        == frame1[:5] + OUR_LEECHER_CHANNEL.to_bytes(4, "big") + frame1[9:-1] + option8 + b"\xff"
+    )
+    probe_c = packets(PROBES)[4].payload
+    assert (
+        probe_c[-5:] == bytes.fromhex("0802ffffff")
+        and probe_c[:-5] == frame1[:5] + probe_c[5:9] + frame1[9:-1]
+    )
     (hs,) = parse(first.data).messages
     assert isinstance(hs, Handshake)
-    assert hs.options.chunk_size is None and hs.options.supported_messages is None
+    assert hs.options.chunk_size is None
+    assert hs.options.supported_message_types() == set(range(14))
     handshakes = [s for s in leecher_run.replay.sent if s.data[:4] == bytes(4)]
     assert handshakes == [first], "the reply came at once: no retransmission"
 
@@ -710,9 +722,7 @@ def test_leecher_survives_mangled_libswift_datagrams(
         parse(s.data)
 
 
-@pytest.mark.parametrize(
-    "at", [pytest.param(4, id="HAVE"), pytest.param(13, id="ACK")]
-)
+@pytest.mark.parametrize("at", [pytest.param(4, id="HAVE"), pytest.param(13, id="ACK")])
 def test_inverted_chunk_range_is_dropped(at: int) -> None:
     # Frame 5 (HAVE 0-0; ACK 0-0; REQUEST 32-63) with the HAVE's or ACK's start set to 2^24:
     # both codecs decode a chunk range with end < start, so the channel sees it. §3: an

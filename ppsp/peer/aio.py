@@ -115,12 +115,42 @@ class _Protocol(asyncio.DatagramProtocol):
         log.debug("socket error: %s", exc)
 
 
+_IP_MTU = getattr(socket, "IP_MTU", 14)  # Linux values where the module lacks the names
+_IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
+_mtu_cache: dict[str, int] = {}
+
+
+def path_mtu(addr: Address) -> int:
+    """The kernel's path MTU towards ``addr`` (RFC 7574 §8.1): a connected UDP socket reads the
+    route's MTU (65536 on loopback, 1500 on Ethernet). 1500 if the kernel will not say."""
+    host = addr[0]
+    cached = _mtu_cache.get(host)
+    if cached is not None:
+        return cached
+    mtu = 1500
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(addr)
+            if family == socket.AF_INET6:
+                mtu = probe.getsockopt(socket.IPPROTO_IPV6, _IPV6_MTU)
+            else:
+                mtu = probe.getsockopt(socket.IPPROTO_IP, _IP_MTU)
+    except OSError:
+        pass
+    if len(_mtu_cache) < 4096:
+        _mtu_cache[host] = mtu
+    return mtu
+
+
 class PeerNode:
     """One UDP socket driving one sans-IO :class:`Endpoint` (DESIGN §3 thin adapter)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.endpoint = Endpoint(wall_clock_offset=time.time() - self.loop.time())
+        self.endpoint = Endpoint(
+            wall_clock_offset=time.time() - self.loop.time(), path_mtu=path_mtu
+        )
         self.transport: asyncio.DatagramTransport | None = None
         self.flush_scheduled = False
         self.timer: asyncio.TimerHandle | None = None

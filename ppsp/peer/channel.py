@@ -12,7 +12,7 @@ import enum
 import ipaddress
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ppsp.peer import fastwire
 from ppsp.peer.content import PeerHashes
@@ -23,9 +23,11 @@ from ppsp.peer.messages import (
     Choke,
     Data,
     Handshake,
+    HandshakeOptions,
     Have,
     Integrity,
     Message,
+    MessageType,
     PexReq,
     PexResCert,
     PexResV4,
@@ -64,6 +66,21 @@ REQUEST_WINDOW_MAX = 4096
 REQUEST_STALL = 1.0
 #: PEX (§3.10): only peers heard from within this window are given out.
 PEX_RECENT = 60.0
+
+
+#: IPv6 + UDP headers: what a datagram must leave of the path MTU (RFC 8200, RFC 768).
+IP_UDP_OVERHEAD = 48
+#: Most DATA messages we put in one datagram (§8.6), however large the path MTU.
+MAX_DATA_PER_DATAGRAM = 16
+
+
+def _wire_size(msgs: list[Integrity | SignedIntegrity], ctx: WireContext) -> int:
+    """Bytes the INTEGRITY / SIGNED_INTEGRITY messages take on the wire (§8.8, §8.9)."""
+    spec = ctx.chunk_addressing.spec_size
+    total = 0
+    for m in msgs:
+        total += 1 + spec + (ctx.hash_size if type(m) is Integrity else 8 + ctx.signature_size)
+    return total
 
 
 class ChannelState(enum.Enum):
@@ -111,6 +128,11 @@ class Channel:
         self.ledbat = Ledbat()
         self.srtt: float | None = None
         self.last_loss_reaction = 0.0
+        # Several DATA per datagram (§8.1, §8.6): how many fit the path MTU, and the probe.
+        self.datagram_budget = endpoint.path_mtu(addr) - IP_UDP_OVERHEAD
+        self.max_batch = 1
+        self.multi_data_ok: bool | None = None
+        self.multi_data_probe: int | None = None
 
         # Download side.
         #: Chunks requested from this peer (only added to; what arrived is subtracted lazily)
@@ -234,6 +256,14 @@ class Channel:
         if integrity and not content.accept_integrity(integrity):
             self.close("unusable INTEGRITY hashes")
 
+    def peer_handshake(self, options: HandshakeOptions) -> None:
+        """Take note of what the peer's HANDSHAKE says about it (§7)."""
+        supported = options.supported_message_types()
+        if supported is not None and MessageType.DATA in supported and MessageType.ACK in supported:
+            per_chunk = self.chunk_size + self.ctx.chunk_addressing.spec_size + 9
+            per_chunk += 2 * (1 + self.ctx.chunk_addressing.spec_size + self.ctx.hash_size)
+            self.max_batch = max(1, min(MAX_DATA_PER_DATAGRAM, self.datagram_budget // per_chunk))
+
     def _on_handshake_reply(self, msg: Handshake, now: float) -> None:
         if self.state is not ChannelState.HANDSHAKE_SENT:
             return  # a retransmitted reply; the handshake is idempotent (§8.2)
@@ -241,6 +271,7 @@ class Channel:
         if problem:
             self.close(f"peer's handshake: {problem}", notify_peer=False)
             return
+        self.peer_handshake(msg.options)
         self.remote_id = msg.source_channel
         self.state = ChannelState.ESTABLISHED
         self.endpoint.channel_established(self)
@@ -297,6 +328,9 @@ class Channel:
             if sent is not None:
                 acked += self.chunk_size
                 sample_time = sent
+        probe = self.multi_data_probe
+        if probe is not None and start <= probe <= end and self.multi_data_ok is None:
+            self.multi_data_ok = True  # the peer takes several DATA per datagram (§8.6)
         if acked:
             if sample_time is not None:
                 rtt = now - sample_time
@@ -413,11 +447,26 @@ class Channel:
             msgs.append(Request(s, e))
         return msgs
 
+    def _batch_limit(self) -> int:
+        """DATA messages per datagram (§8.6 allows several with a fixed chunk size).
+
+        Several are sent only to a peer that announced the messages it supports (option 8,
+        which libswift does not send, and libswift takes a DATA to run to the end of the
+        datagram), only as far as the path MTU allows (§8.1), and only after one probe
+        datagram of two was acknowledged, as §8.1's PLPMTUD probing suggests.
+        """
+        if self.multi_data_ok:
+            return self.max_batch
+        if self.multi_data_ok is None and self.max_batch > 1 and self.multi_data_probe is None:
+            return 2
+        return 1
+
     def _send_data(self, now: float, out: list[tuple[bytes, Address]]) -> None:
         content = self.swarm.content
         ledbat = self.ledbat
         size = self.chunk_size
         in_flight = self.in_flight
+        order = self.in_flight_order
         ts = self._ts_us(now)
         requests = self.peer_requests
         have = content.have
@@ -425,6 +474,11 @@ class Channel:
         peer_hashes = self.peer_hashes
         ctx = self.ctx
         byte_ranges = ctx.chunk_addressing.is_byte_range
+        limit = 1 if byte_ranges else self._batch_limit()
+        batch: list[Message] = []
+        batch_chunks: list[int] = []
+        batch_bytes = 0
+        budget = self.datagram_budget
         while requests and ledbat.can_send(len(in_flight) * size):
             head = requests[0]
             chunk = head[0]
@@ -448,28 +502,43 @@ class Channel:
                 continue
             integrity = content.integrity_for(chunk, peer_hashes)
             payload = content.read_chunk(chunk)
-            if byte_ranges:
-                s, e = chunk * size, chunk * size + len(payload) - 1
-                integrity = self.swarm.to_wire(integrity)  # type: ignore[assignment,arg-type]
-            else:
-                s = e = chunk
-            if any(type(m) is SignedIntegrity for m in integrity):
-                msgs: list[Message] = [*integrity, Data(s, e, ts, payload)]
-                dgram = fastwire.encode_datagram(remote, msgs, ctx)
-            else:
-                dgram = fastwire.encode_integrity_data(
-                    remote,
-                    integrity,  # type: ignore[arg-type]
-                    s,
-                    e,
-                    ts,
-                    payload,
-                    ctx,
-                )
             in_flight[chunk] = now
-            self.in_flight_order.append((now, chunk))
+            order.append((now, chunk))
             self.bytes_sent += len(payload)
-            self._emit(dgram, out, now)
+            if limit == 1:
+                if byte_ranges:
+                    s, e = chunk * size, chunk * size + len(payload) - 1
+                    integrity = self.swarm.to_wire(integrity)  # type: ignore[assignment,arg-type]
+                else:
+                    s = e = chunk
+                if any(type(m) is SignedIntegrity for m in integrity):
+                    msgs: list[Message] = [*integrity, Data(s, e, ts, payload)]
+                    dgram = fastwire.encode_datagram(remote, msgs, ctx)
+                else:
+                    hashes = cast(list[Integrity], integrity)  # no SIGNED_INTEGRITY here
+                    dgram = fastwire.encode_integrity_data(remote, hashes, s, e, ts, payload, ctx)
+                self._emit(dgram, out, now)
+                continue
+            piece = _wire_size(integrity, ctx) + ctx.chunk_addressing.spec_size + 9 + len(payload)
+            if batch and (len(batch_chunks) >= limit or batch_bytes + piece > budget):
+                self._emit_batch(batch, batch_chunks, out, now)
+                batch, batch_chunks, batch_bytes = [], [], 0
+            batch.extend(integrity)
+            batch.append(Data(chunk, chunk, ts, payload))
+            batch_chunks.append(chunk)
+            batch_bytes += piece
+            if len(payload) < size:  # §8.6: the short last chunk travels alone at the tail
+                self._emit_batch(batch, batch_chunks, out, now)
+                batch, batch_chunks, batch_bytes = [], [], 0
+        if batch:
+            self._emit_batch(batch, batch_chunks, out, now)
+
+    def _emit_batch(
+        self, msgs: list[Message], chunks: list[int], out: list[tuple[bytes, Address]], now: float
+    ) -> None:
+        if len(chunks) > 1 and self.multi_data_ok is None and self.multi_data_probe is None:
+            self.multi_data_probe = chunks[-1]
+        self._emit(fastwire.encode_datagram(self.remote_id, msgs, self.ctx), out, now)
 
     def _emit(self, dgram: bytes, out: list[tuple[bytes, Address]], now: float) -> None:
         out.append((dgram, self.addr))
@@ -527,6 +596,9 @@ class Channel:
                 if chunk not in self.peer_have:
                     lost.append(chunk)
         if lost:
+            if self.multi_data_ok is None and self.multi_data_probe in lost:
+                self.multi_data_ok = False  # the probe got lost: one DATA per datagram
+                log.info("%s takes one DATA per datagram", self.addr)
             if now - self.last_loss_reaction > (self.srtt or rto):
                 self.ledbat.on_loss(now)
                 self.last_loss_reaction = now

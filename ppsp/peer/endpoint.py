@@ -51,6 +51,10 @@ MAX_CHANNELS_PER_SWARM = 512
 #: RFC 7574 §8.1 recommends 1024-byte chunks; the Chunk Size option is sent only otherwise,
 #: because libswift silently drops a handshake that carries option 9 (traces/README).
 DEFAULT_CHUNK_SIZE = 1024
+#: Path MTU assumed when nobody tells us better: Ethernet's.
+DEFAULT_PATH_MTU = 1500
+#: Every message type of §8.2 Table 7, for the Supported Messages option (§7.10).
+ALL_MESSAGE_TYPES = set(range(14))
 
 
 # ---------------------------------------------------------------------------- events
@@ -127,7 +131,10 @@ class Swarm:
             params.chunk_addressing.is_bin or params.chunk_addressing.is_byte_range
         )
         self.wire_context = WireContext(
-            params.chunk_addressing, params.hash_function.digest_size, signature_size
+            params.chunk_addressing,
+            params.hash_function.digest_size,
+            signature_size,
+            params.chunk_size,
         )
 
     @property
@@ -145,6 +152,11 @@ class Swarm:
             integrity_method=p.integrity_method,
             chunk_addressing=p.chunk_addressing,
         )
+        if initiator:
+            # §7.10. Only the initiator sends it: a lone option 8 at the end of a handshake
+            # is safe with libswift (traces/README, probe C), but libswift's option 8 parser
+            # drains 20 bytes, which would swallow the HAVEs that follow a reply.
+            opts.supported_messages = HandshakeOptions.bitmap_for(ALL_MESSAGE_TYPES)
         if p.integrity_method in (IntegrityMethod.MERKLE, IntegrityMethod.UNIFIED_MERKLE):
             opts.merkle_hash_function = p.hash_function
         if p.is_live:
@@ -338,8 +350,11 @@ class Endpoint:
         *,
         wall_clock_offset: float = 0.0,
         channel_id_source: Callable[[], int] | None = None,
+        path_mtu: Callable[[Address], int] | None = None,
     ) -> None:
         self.wall_clock_offset = wall_clock_offset
+        #: The path MTU towards a peer (§8.1); the adapter asks the kernel, tests inject it.
+        self.path_mtu: Callable[[Address], int] = path_mtu or (lambda _addr: DEFAULT_PATH_MTU)
         self._new_id = channel_id_source or (lambda: secrets.randbits(32))
         self.swarms: dict[bytes, Swarm] = {}
         self.channels: dict[int, Channel] = {}
@@ -480,6 +495,7 @@ class Endpoint:
             return
         ch = Channel(self, swarm, self._allocate_id(), addr, initiator=False, now=now)
         ch.remote_id = hs.source_channel
+        ch.peer_handshake(hs.options)
         self._register(ch)
         self.by_peer[(addr, hs.source_channel)] = ch
         self.outbox.append((self._reply(ch), addr))

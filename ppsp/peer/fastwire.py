@@ -131,7 +131,7 @@ def decode_datagram(data: bytes | memoryview, ctx: WireContext = DEFAULT_CONTEXT
     while off < n:
         t = data[off]
         body = off + 1
-        if t == _DATA:  # §8.6: spec, timestamp, then the chunk up to the end of the datagram
+        if t == _DATA:  # §8.6: spec, timestamp, then the chunk (see WireContext.data_length)
             h = c.spec_q
             p = body + h.size
             if p > n:
@@ -141,6 +141,11 @@ def decode_datagram(data: bytes | memoryview, ctx: WireContext = DEFAULT_CONTEXT
                 s, e = bin_to_chunk_range(b)
             else:
                 s, e, ts = h.unpack_from(data, body)
+            size = ctx.data_length(s, e) if ctx.chunk_size is not None else None
+            if size is not None and p + size < n:
+                messages.append(Data(s, e, ts, mv[p : p + size]))  # more DATA follows
+                off = p + size
+                continue
             messages.append(Data(s, e, ts, mv[p:]))
             break
         if t == _INTEGRITY:  # §8.8

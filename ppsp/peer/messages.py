@@ -356,12 +356,24 @@ class WireContext:
     """What a codec must know that the wire does not say: fixed by the channel's handshake.
 
     ``hash_size`` is the Merkle hash function's digest size (INTEGRITY, §8.8);
-    ``signature_size`` the live signature algorithm's signature size (SIGNED_INTEGRITY, §8.9).
+    ``signature_size`` the live signature algorithm's signature size (SIGNED_INTEGRITY, §8.9);
+    ``chunk_size`` the swarm's fixed chunk size, or None when unknown or variable: with it, a
+    datagram may carry several DATA messages (§8.6), each taking exactly its chunks' bytes.
     """
 
     chunk_addressing: ChunkAddressing = ChunkAddressing.CHUNK_RANGE32
     hash_size: int = 32
     signature_size: int = 64
+    chunk_size: int | None = None
+
+    def data_length(self, start: int, end: int) -> int | None:
+        """Bytes the chunks ``start..end`` of a DATA take when more messages follow it in the
+        datagram (§8.6: several DATA only with a fixed chunk size), or None when unknown."""
+        if self.chunk_size is None or end < start:
+            return None
+        if self.chunk_addressing is ChunkAddressing.BYTE_RANGE64:
+            return end - start + 1
+        return (end - start + 1) * self.chunk_size
 
     def updated_by(self, options: HandshakeOptions) -> WireContext:
         """The context that applies after a HANDSHAKE carrying ``options`` (§7: a message
@@ -385,13 +397,17 @@ class WireContext:
         signature_size = self.signature_size
         if options.live_signature_algorithm is not None and options.swarm_id is not None:
             signature_size = signature_size_for(options.live_signature_algorithm, options.swarm_id)
-        if (cam, hash_size, signature_size) == (
+        chunk_size = self.chunk_size
+        if options.chunk_size is not None:
+            chunk_size = None if options.chunk_size == VARIABLE_CHUNK_SIZE else options.chunk_size
+        if (cam, hash_size, signature_size, chunk_size) == (
             self.chunk_addressing,
             self.hash_size,
             self.signature_size,
+            self.chunk_size,
         ):
             return self
-        return WireContext(cam, hash_size, signature_size)
+        return WireContext(cam, hash_size, signature_size, chunk_size)
 
 
 def signature_size_for(algorithm: int, swarm_id: bytes) -> int:

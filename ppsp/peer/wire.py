@@ -233,7 +233,7 @@ _BYTES_OPTIONS = ("swarm_id", "supported_messages")
 # ---------------------------------------------------------------------------------------------
 
 HANDSHAKE = Struct("source_channel" / Int32ub, "options" / PROTOCOL_OPTIONS)  # §8.4
-DATA = Struct(  # §8.6: the chunk takes the rest of the datagram
+DATA = Struct(  # §8.6: the chunk takes the rest of its bytes (see _data_end)
     "spec" / CHUNK_SPEC, "timestamp" / Int64ub, "payload" / GreedyBytes
 )
 ACK = Struct("spec" / CHUNK_SPEC, "delay_sample" / Int64ub)  # §8.7
@@ -490,6 +490,32 @@ def _describe(data: bytes | memoryview, off: int, exc: Exception) -> str:
     return f"malformed {MessageType(t).name} message at offset {off}: {exc}"
 
 
+def _data_end(data: bytes | memoryview, off: int, ctx: WireContext) -> int | None:
+    """Where a DATA at ``off`` ends when it is not the last message of the datagram.
+
+    §8.6 lets a datagram carry several DATA messages when the chunk size is fixed; DATA has no
+    length field, so the chunk specification and the chunk size tell where each one ends
+    (:meth:`WireContext.data_length`). Otherwise — unknown chunk size, or fewer bytes left
+    than the chunks take (the short last chunk) — the DATA takes the rest of the datagram.
+    """
+    if ctx.chunk_size is None or data[off] != MessageType.DATA:
+        return None
+    cam = ctx.chunk_addressing
+    head = off + 1 + cam.spec_size + 8
+    if head > len(data):
+        return None  # truncated: the Construct parser reports it
+    spec = bytes(data[off + 1 : off + 1 + cam.spec_size])
+    if cam.is_bin:
+        start, end = bin_to_chunk_range(int.from_bytes(spec, "big"))
+    else:
+        half = cam.spec_size // 2
+        start, end = int.from_bytes(spec[:half], "big"), int.from_bytes(spec[half:], "big")
+    size = ctx.data_length(start, end)
+    if size is None or head + size >= len(data):
+        return None
+    return head + size
+
+
 def parse_message(
     data: bytes | memoryview, ctx: WireContext = DEFAULT_CONTEXT, *, compiled: bool = False
 ) -> tuple[Message, int]:
@@ -527,7 +553,12 @@ def parse_datagram(
     off = 4
     while off < n:
         try:
-            msg = _parse_one(stream, data, ctx, compiled)
+            end = _data_end(data, off, ctx)
+            if end is None:
+                msg = _parse_one(stream, data, ctx, compiled)
+            else:  # a DATA followed by more messages: parse it from its own bytes (§8.6)
+                msg = _parse_one(io.BytesIO(data[off:end]), data[off:end], ctx, compiled)
+                stream.seek(end)
         except ConstructError as exc:
             raise DecodeError(_describe(data, off, exc), partial=dgram) from exc
         dgram.messages.append(msg)
