@@ -277,7 +277,7 @@ def _mtu_pair(
 def test_several_data_per_datagram_when_the_path_mtu_allows() -> None:
     """§8.1/§8.6: on a large-MTU path a peer that announced its supported messages gets
     several DATA per datagram, after one acknowledged probe of two."""
-    net, seed_ep, lee, content, store, data = _mtu_pair(65536)
+    net, seed_ep, lee, _content, store, data = _mtu_pair(65536)
     sizes: list[int] = []
 
     def watch(d: bytes, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
@@ -295,7 +295,7 @@ def test_several_data_per_datagram_when_the_path_mtu_allows() -> None:
 
 
 def test_lost_probe_falls_back_to_one_data_per_datagram() -> None:
-    net, seed_ep, lee, content, store, data = _mtu_pair(65536)
+    net, seed_ep, lee, _content, store, data = _mtu_pair(65536)
     sizes: list[int] = []
 
     def drop_probe(d: bytes, src: tuple[str, int], dst: tuple[str, int]) -> bytes | None:
@@ -315,9 +315,15 @@ def test_lost_probe_falls_back_to_one_data_per_datagram() -> None:
 
 
 def test_one_data_per_datagram_on_an_ethernet_mtu() -> None:
-    net, seed_ep, lee, content, store, data = _mtu_pair(1500)
+    net, seed_ep, lee, _content, store, data = _mtu_pair(1500)
     sizes: list[int] = []
-    net.tap = lambda d, s, _d: (sizes.append(_count_data(d)) if s == SEEDER else None) or d
+
+    def watch(d: bytes, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+        if src == SEEDER:
+            sizes.append(_count_data(d))
+        return d
+
+    net.tap = watch
     download(net, lee, params_of(seed_ep), [SEEDER])
     assert store.content() == data
     assert max(sizes) == 1
