@@ -46,7 +46,9 @@ SIZE = 50 * MIB
 QUICK_SIZE = 8 * MIB
 RUNS = 3
 CHUNK_SIZE = 1024
-HASHES = ("sha1", "sha256")
+#: (hash, mtu): the kernel's path MTU (65536 on loopback: several DATA per datagram, RFC 7574
+#: §8.6), and 1500, one chunk per datagram as libswift sends them.
+LEGS: tuple[tuple[str, int | None], ...] = (("sha1", None), ("sha256", None), ("sha1", 1500))
 
 #: DESIGN §6, measured on this machine kind: libswift → libswift, 1 KiB chunks, SHA-1, loopback.
 LIBSWIFT_REFERENCE_MIBPS = 19.0
@@ -112,12 +114,15 @@ class Leg:
 # -- seeders ------------------------------------------------------------------------------
 
 
-def _our_seeder(source: Path, hash_name: str, workdir: Path) -> AbstractContextManager[Child]:
+def _our_seeder(
+    source: Path, hash_name: str, workdir: Path, mtu: int | None = None
+) -> AbstractContextManager[Child]:
     argv = python_module_command(
         "lab.cli", "seed", str(source), "--listen", "127.0.0.1:0",
         "--hash", hash_name, "--chunk-size", str(CHUNK_SIZE),
+        *(["--mtu", str(mtu)] if mtu else []),
     )  # fmt: skip
-    return spawn(argv, cwd=REPO, stderr_path=workdir / f"seed-{hash_name}.err")
+    return spawn(argv, cwd=REPO, stderr_path=workdir / f"seed-{hash_name}-{mtu}.err")
 
 
 def _start_our_seeder(child: Child) -> tuple[str, str]:
@@ -292,10 +297,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             failures.append(f"start-up baseline: {exc}")
         ours: dict[str, Leg] = {}
         our_sha1_swarm: str | None = None
-        for hash_name in HASHES:
-            leg = Leg(f"ours->ours {hash_name}", workdir)
+        for hash_name, mtu in LEGS:
+            leg = Leg(f"ours->ours {hash_name}{f' mtu {mtu}' if mtu else ''}", workdir)
             try:
-                with _our_seeder(source, hash_name, workdir) as seeder:
+                with _our_seeder(source, hash_name, workdir, mtu) as seeder:
                     swarm_id, address = _start_our_seeder(seeder)
                     if hash_name == "sha1":
                         our_sha1_swarm = swarm_id
@@ -307,7 +312,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             except RuntimeError as exc:
                 failures.append(f"{leg.name}: {exc}")
                 continue
-            ours[hash_name] = leg
+            ours[leg.name] = leg
             notes.append(leg.describe_runs())
 
         libswift_legs: dict[str, Leg] = {}

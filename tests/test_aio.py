@@ -113,7 +113,9 @@ def test_download_reports_progress_up_to_size(tmp_path: Path) -> None:
     assert len(calls) >= 2
     done = [c[0] for c in calls]
     assert done == sorted(done), "progress went backwards"
-    assert all(total in (None, size) for _, total in calls)
+    # Until the short last chunk arrives only the chunk count is known (§5.6): the total may
+    # be that many whole chunks, never less than the size or more than one chunk above it.
+    assert all(total is None or size <= total < size + 1024 for _, total in calls)
     assert all(0 <= d <= size for d in done)
     assert calls[-1] == (size, size)
     # Nothing of the download state is left behind: the resume sidecar became a seed sidecar.
@@ -276,6 +278,7 @@ def test_interrupted_download_resumes_without_refetching(
     assert first >= size * 2 // 5
     # The second run fetched (about) the half that was missing, not the whole file again:
     # what the first run verified was kept (at most one journal batch of 64 chunks is lost).
+    print(first, second)
     assert second < size * 7 // 10, (first, second)
     assert second >= size // 3, (first, second)
 
@@ -337,7 +340,7 @@ def test_restarted_seeder_reuses_its_hash_tree_sidecar(
 
     second_id = asyncio.run(restart_and_serve())
     assert hashed == [src], "the restarted seeder rehashed its content"
-    assert second_id == first_id == HashTree.from_content(data, 1024).root_hash
+    assert second_id == first_id == HashTree.from_content(data, 1024, MerkleHashFunction.SHA256).root_hash
     assert (tmp_path / "out.bin").read_bytes() == data
 
 
@@ -355,4 +358,4 @@ def test_changed_content_is_rehashed_on_restart(tmp_path: Path) -> None:
     os.utime(src, ns=(1, 1))  # a different mtime, whatever the clock's resolution
     second = asyncio.run(swarm_id())
     assert second != first
-    assert second == HashTree.from_content(data, 1024).root_hash
+    assert second == HashTree.from_content(data, 1024, MerkleHashFunction.SHA256).root_hash

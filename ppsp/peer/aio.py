@@ -146,10 +146,11 @@ def path_mtu(addr: Address) -> int:
 class PeerNode:
     """One UDP socket driving one sans-IO :class:`Endpoint` (DESIGN §3 thin adapter)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mtu: int | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.endpoint = Endpoint(
-            wall_clock_offset=time.time() - self.loop.time(), path_mtu=path_mtu
+            wall_clock_offset=time.time() - self.loop.time(),
+            path_mtu=path_mtu if mtu is None else lambda addr: min(mtu, path_mtu(addr)),
         )
         self.transport: asyncio.DatagramTransport | None = None
         self.flush_scheduled = False
@@ -247,8 +248,11 @@ async def serve_seed(
     listen: Address = ("127.0.0.1", 0),
     hash_function: MerkleHashFunction = MerkleHashFunction.SHA256,
     chunk_size: int = 1024,
+    mtu: int | None = None,
 ) -> SeederHandle:
-    """Hash (or load the persisted hash tree of) ``path`` and serve it over UDP."""
+    """Hash (or load the persisted hash tree of) ``path`` and serve it over UDP.
+
+    ``mtu`` caps the datagrams sent (default: the kernel's path MTU, RFC 7574 §8.1)."""
     storage = await asyncio.to_thread(SeedStorage.open, Path(path), chunk_size, hash_function)
     tree = storage.tree
     params = SwarmParameters(
@@ -257,7 +261,7 @@ async def serve_seed(
         hash_function=hash_function,
         chunk_size=chunk_size,
     )
-    node = PeerNode()
+    node = PeerNode(mtu)
     node.endpoint.add_swarm(params, StaticContent(tree, storage, storage.have))
     address = await node.start(listen)
     log.info("seeding %s as swarm %s on %s:%d", path, tree.root_hash.hex(), *address)
