@@ -278,7 +278,6 @@ def test_interrupted_download_resumes_without_refetching(
     assert first >= size * 2 // 5
     # The second run fetched (about) the half that was missing, not the whole file again:
     # what the first run verified was kept (at most one journal batch of 64 chunks is lost).
-    print(first, second)
     assert second < size * 7 // 10, (first, second)
     assert second >= size // 3, (first, second)
 

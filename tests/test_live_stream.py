@@ -155,3 +155,35 @@ def test_live_over_udp_sockets(method: IntegrityMethod) -> None:
     n, got, data = asyncio.run(main())
     assert n == len(data)
     assert got == data
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        LiveSignatureAlgorithm.ECDSAP256SHA256,
+        LiveSignatureAlgorithm.ECDSAP384SHA384,
+        LiveSignatureAlgorithm.RSASHA256,
+        LiveSignatureAlgorithm.RSASHA1,
+    ],
+)
+def test_every_live_signature_algorithm(algorithm: LiveSignatureAlgorithm) -> None:
+    """§6.1 and §7.7: the swarm ID carries the algorithm and key; the signature size on the
+    wire follows from it (§8.9), for ECDSA and RSA alike."""
+    signer = SIGNERS.get(algorithm) or LiveSigner.generate(algorithm)
+    params = live_params(IntegrityMethod.UNIFIED_MERKLE, signer)
+    net = SimNet()
+    source = Endpoint()
+    src = LiveSourceContent(params, signer)
+    swarm = source.add_swarm(params, src, PickPolicy.IN_ORDER)
+    net.add(SOURCE, source)
+    played: list[bytes] = []
+    viewer = Endpoint()
+    viewer.add_swarm(params, LiveContent(params, deliver=lambda _c, d: played.append(d)))
+    net.add(VIEWER, viewer)
+    viewer.connect(params.swarm_id, SOURCE, 0.0)
+    net.run(0.1)
+    stream = [os.urandom(1024) for _ in range(48)]
+    for chunk in stream:
+        swarm.publish(src.add_chunk(chunk, time.time()))
+    net.run(5.0, stop=lambda: len(played) == len(stream))
+    assert played == stream

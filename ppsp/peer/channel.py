@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 from ppsp.peer import fastwire
 from ppsp.peer.content import PeerHashes
 from ppsp.peer.ledbat import Ledbat
+from ppsp.peer.membership import is_internal_address
 from ppsp.peer.messages import (
     Ack,
     Cancel,
@@ -66,6 +67,8 @@ REQUEST_WINDOW_MAX = 4096
 REQUEST_STALL = 1.0
 #: PEX (§3.10): only peers heard from within this window are given out.
 PEX_RECENT = 60.0
+#: Bytes of the control datagram left to other messages when PEX_REScerts fill it.
+PEX_CONTROL_RESERVE = 160
 
 
 #: IPv6 + UDP headers: what a datagram must leave of the path MTU (RFC 8200, RFC 768).
@@ -252,7 +255,10 @@ class Channel:
                 assert isinstance(msg, (PexResV4, PexResV6))
                 self.endpoint.peer_discovered(self.swarm, (str(msg.address), msg.port))
             elif t is PexResCert:
-                pass  # §12.2.1 membership certificates need a trust anchor we are not given
+                assert isinstance(msg, PexResCert)
+                # §12.2.1: a certificate names a peer only once the swarm's membership
+                # policy (if any) has verified it; without one it proves nothing.
+                self.swarm.take_certificate(msg.certificate, self.addr, now)
         if integrity and not content.accept_integrity(integrity):
             self.close("unusable INTEGRITY hashes")
 
@@ -385,12 +391,41 @@ class Channel:
         self.queued_request_chunks = total
 
     def _on_pex_request(self, now: float) -> None:
-        for addr in self.swarm.recent_peers(now, PEX_RECENT, exclude=self.addr):
+        swarm = self.swarm
+        if swarm.membership is not None:
+            # §12.2: where membership certificates are in use, bare addresses (PEX_RESv4/v6,
+            # for benign networks only, §3.10.1) are never given out. The replies share one
+            # control datagram, so only as many as fit the path MTU (§8.1), at least one.
+            budget = self.datagram_budget - PEX_CONTROL_RESERVE
+            for i, der in enumerate(swarm.pex_certificates(self.addr, now)):
+                size = 3 + len(der)  # §8.13: type, 16-bit size, certificate
+                if i and size > budget:
+                    break
+                budget -= size
+                self.control_due.append(PexResCert(der))
+            self._mark()
+            return
+        # §8.13: a requester with a public address must not learn internal ones.
+        public_requester = not is_internal_address(self.addr[0])
+        for addr in swarm.recent_peers(now, PEX_RECENT, exclude=self.addr):
+            if public_requester and is_internal_address(addr[0]):
+                continue
             ip = ipaddress.ip_address(addr[0])
             if isinstance(ip, ipaddress.IPv4Address):
                 self.control_due.append(PexResV4(ip, addr[1]))
             else:
                 self.control_due.append(PexResV6(ip, addr[1]))
+        self._mark()
+
+    def request_peers(self) -> None:
+        """Ask the peer for other peers of the swarm: queue a PEX_REQ (§3.10.1).
+
+        Sent with the next control datagram, so after the handshake if it is still under
+        way; the answers arrive as :class:`~ppsp.peer.endpoint.PeerDiscovered` events.
+        """
+        if self.state is ChannelState.CLOSED:
+            return
+        self.control_due.append(PexReq())
         self._mark()
 
     # ------------------------------------------------------------------ sending
