@@ -135,6 +135,11 @@ def messages(draw: st.DrawFn, ctx: WireContext, data_allowed: bool) -> Message:
     start, end = draw(chunk_specs(cam))
     if kind == "data":
         payload = draw(st.binary(max_size=64) | st.just(bytes(range(256)) * 4))
+        limit = ctx.data_length(start, end)
+        if limit is not None:
+            # §8.6: with a fixed chunk size a DATA holds at most its chunks' bytes (more would
+            # be read as the next message); fewer is the short last chunk.
+            payload = payload[:limit]
         return Data(start, end, draw(U64), payload)
     if kind == "ack":
         return Ack(start, end, draw(U64))

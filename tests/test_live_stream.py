@@ -183,7 +183,8 @@ def test_every_live_signature_algorithm(algorithm: LiveSignatureAlgorithm) -> No
     viewer.connect(params.swarm_id, SOURCE, 0.0)
     net.run(0.1)
     stream = [os.urandom(1024) for _ in range(48)]
-    for chunk in stream:
+    for chunk in stream:  # as a live source produces them
         swarm.publish(src.add_chunk(chunk, time.time()))
-    net.run(5.0, stop=lambda: len(played) == len(stream))
+        net.run(net.now + 0.01)
+    net.run(net.now + 5.0, stop=lambda: len(played) == len(stream))
     assert played == stream

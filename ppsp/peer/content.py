@@ -463,8 +463,6 @@ class LiveContent(_LiveBase):
     def verify_and_store(self, chunk: int, data: bytes | memoryview) -> bool | None:
         if chunk in self.have:
             return True
-        if self.position is not None and chunk < self.position:
-            return None  # behind the playback position: of no use, but not an attack
         ok: bool | None
         if self.unified is not None:
             ok = self.unified.check_chunk(chunk, data)
