@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from ppsp.peer import fastwire
 from ppsp.peer.bins import bin_to_range, bins_covering, range_to_bin
-from ppsp.peer.channel import Address, Channel, ChannelState
+from ppsp.peer.channel import PEX_RECENT, Address, Channel, ChannelState
 from ppsp.peer.content import LiveContent, SwarmContent, SwarmParameters
+from ppsp.peer.membership import MembershipPolicy, is_internal_address, normalize_address
 from ppsp.peer.messages import (
     Ack,
     Cancel,
@@ -55,6 +56,8 @@ DEFAULT_CHUNK_SIZE = 1024
 DEFAULT_PATH_MTU = 1500
 #: Every message type of §8.2 Table 7, for the Supported Messages option (§7.10).
 ALL_MESSAGE_TYPES = set(range(14))
+#: Most PEX_REScert messages in one PEX reply (the path MTU may allow fewer).
+MAX_PEX_CERTIFICATES = 8
 
 
 # ---------------------------------------------------------------------------- events
@@ -117,6 +120,8 @@ class Swarm:
         self.endpoint = endpoint
         self.params = params
         self.content = content
+        if params.is_live:
+            policy = PickPolicy.IN_ORDER  # a stream is played in order from the tune-in point
         self.picker = ChunkPicker(policy)
         #: Chunks requested from some peer and not yet received.
         self.pending = ChunkSet()
@@ -124,6 +129,9 @@ class Swarm:
         self.new_chunks: list[int] = []
         self.completed = content.complete
         self.peers_heard: dict[Address, float] = {}
+        #: §12.2: when set, PEX uses membership certificates only (PEX_REScert), never bare
+        #: PEX_RESv4/v6 addresses; when None, PEX_REScerts received are ignored.
+        self.membership: MembershipPolicy | None = None
         signature_size = 64
         if params.live_signature_algorithm is not None and params.is_live:
             signature_size = signature_size_for(params.live_signature_algorithm, params.swarm_id)
@@ -276,6 +284,45 @@ class Swarm:
             for ch in self.channels
             if ch.is_open and ch.addr != exclude and now - ch.last_receive <= window
         ][:32]
+
+    # -- peer address exchange with membership certificates (§3.10, §12.2)
+
+    def wall_clock(self, now: float) -> float:
+        """Wall-clock seconds since the epoch at the injected time ``now`` (certificate time)."""
+        return now + self.endpoint.wall_clock_offset
+
+    def pex_certificates(self, requester: Address, now: float) -> list[bytes]:
+        """Membership certificates to answer a PEX_REQ from ``requester`` (§3.10.1, §8.13).
+
+        Our own certificate, then certificates of peers we heard from in the last 60 s
+        (§3.10.1 MUST), never the requester's, and no internal addresses for a requester
+        with a public one (§8.13).
+        """
+        policy = self.membership
+        if policy is None:
+            return []
+        alive = [
+            ch.addr for ch in self.channels if ch.is_open and now - ch.last_receive <= PEX_RECENT
+        ]
+        return policy.certificates_for_pex(
+            requester,
+            MAX_PEX_CERTIFICATES,
+            now=self.wall_clock(now),
+            alive=alive,
+            public_only=not is_internal_address(requester[0]),
+        )
+
+    def take_certificate(self, der: bytes, source: Address, now: float) -> Address | None:
+        """A PEX_REScert from ``source``: the peer it certifies, announced as
+        :class:`PeerDiscovered` (unless it is ``source`` itself or us) and kept for further
+        PEX; None if there is no membership policy or the certificate does not verify."""
+        policy = self.membership
+        if policy is None:
+            return None  # §3.10: without a trust anchor a certificate proves nothing
+        addr = policy.receive_certificate(der, source, self.wall_clock(now))
+        if addr is not None and addr not in (normalize_address(source), policy.own_address):
+            self.endpoint.peer_discovered(self, addr)
+        return addr
 
     # -- chunk specification conversions
 

@@ -194,7 +194,7 @@ def issue_membership_certificate(
     public_key: SubjectKey | None = None,
     san_critical: bool = True,
 ) -> bytes:
-    """A DER membership certificate: ``peer_addr`` is in swarm ``swarm_id`` from ``now`` (§12.2.1).
+    """A DER membership certificate: ``peer_addr`` is in ``swarm_id`` from ``now`` (§12.2.1).
 
     The subject is empty and the SAN carries the statement, which is why RFC 5280 §4.2.1.6
     and RFC 7574 §8.13 both want the SAN critical (``san_critical=False`` exists only to
@@ -270,7 +270,7 @@ class MembershipPolicy:
 
     # -- checking one certificate
 
-    def verify(self, der: bytes, now: float | None = None) -> Address | None:
+    def verify(self, der: bytes | memoryview, now: float | None = None) -> Address | None:
         """The peer address ``der`` certifies for this swarm at ``now``, or None.
 
         None unless: at most :data:`MAX_CERTIFICATE_SIZE` bytes of one DER X.509v3
@@ -285,10 +285,10 @@ class MembershipPolicy:
         except Exception:  # hostile bytes: any parser complaint just means "not a member"
             return None
 
-    def _verify(self, der: bytes, now: float) -> Address | None:
-        if not isinstance(der, bytes) or len(der) > MAX_CERTIFICATE_SIZE:
+    def _verify(self, der: bytes | memoryview, now: float) -> Address | None:
+        if len(der) > MAX_CERTIFICATE_SIZE:
             return None
-        cert = x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(bytes(der))
         if cert.version is not x509.Version.v3:
             return None
         if not (cert.not_valid_before_utc.timestamp() - MAX_CLOCK_SKEW <= now):
@@ -344,13 +344,16 @@ class MembershipPolicy:
 
     # -- the store of certificates to gossip
 
-    def add_certificate(self, der: bytes, now: float | None = None) -> Address | None:
+    def add_certificate(self, der: bytes | memoryview, now: float | None = None) -> Address | None:
         """Keep ``der`` for PEX if it verifies; return the address it names (else None).
 
         One certificate per address is kept, the one that expires last; when the store is
         full the certificate closest to expiry makes room.
         """
         t = self.clock() if now is None else now
+        if len(der) > MAX_CERTIFICATE_SIZE:
+            return None
+        der = bytes(der)
         known = self._by_der.get(der)
         if known is not None:
             return known.addr if t <= known.not_after else None
@@ -369,7 +372,9 @@ class MembershipPolicy:
         self._by_der[der] = entry
         return addr
 
-    def set_own_certificate(self, der: bytes, now: float | None = None) -> Address | None:
+    def set_own_certificate(
+        self, der: bytes | memoryview, now: float | None = None
+    ) -> Address | None:
         """Our own membership certificate (§12.2.2: from the tracker), if it verifies.
 
         It is sent in every PEX reply, so that the peers we talk to can gossip it on.
@@ -377,11 +382,11 @@ class MembershipPolicy:
         t = self.clock() if now is None else now
         addr = self.verify(der, t)
         if addr is not None:
-            self._own = _Stored(der, addr, _not_after(der))
+            self._own = _Stored(bytes(der), addr, _not_after(bytes(der)))
         return addr
 
     def receive_certificate(
-        self, der: bytes, source: Address, now: float | None = None
+        self, der: bytes | memoryview, source: Address, now: float | None = None
     ) -> Address | None:
         """A PEX_REScert from ``source``: verify and store it; the address it names, or None.
 
