@@ -157,6 +157,8 @@ class PeerNode:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = float("inf")
         self.listeners: list[Callable[[Event], None]] = []
+        #: Resources (open files) to release when the node closes.
+        self.on_close: list[Callable[[], None]] = []
         self.closed = asyncio.Event()
 
     async def start(self, listen: Address) -> Address:
@@ -216,6 +218,9 @@ class PeerNode:
             self.loop.call_soon(self.flush)
 
     def close(self) -> None:
+        for release in self.on_close:
+            release()
+        self.on_close.clear()
         for ch in self.endpoint.iter_channels():
             ch.close("shutting down", notify_peer=True)
         if self.transport is not None:
@@ -262,6 +267,7 @@ async def serve_seed(
         chunk_size=chunk_size,
     )
     node = PeerNode(mtu)
+    node.on_close.append(storage.close)
     node.endpoint.add_swarm(params, StaticContent(tree, storage, storage.have))
     address = await node.start(listen)
     log.info("seeding %s as swarm %s on %s:%d", path, tree.root_hash.hex(), *address)
@@ -325,8 +331,9 @@ async def download(
             done.set_result(None)
 
     node.listeners.append(on_event)
-    await node.start(listen)
+    finished = False
     try:
+        await node.start(listen)
         if content.complete:
             done.set_result(None)
         else:
@@ -350,7 +357,9 @@ async def download(
                 total = tree.content_length or (n * chunk_size if n else None)
                 progress(min(content.have.count * chunk_size, total or 1 << 62), total)
         done.result()
+        node.close()
         seed = await asyncio.to_thread(storage.finish)
+        finished = True
         size = seed.content_length
         seed.close()
         if progress is not None:
@@ -358,6 +367,9 @@ async def download(
         return DownloadResult(Path(out), size, time.monotonic() - started, len(used))
     finally:
         node.close()
+        if not finished:
+            # Keep what was verified for the next attempt (resume) and release the files.
+            storage.close()
 
 
 def _fmt(addr: Address) -> str:
