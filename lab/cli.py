@@ -848,5 +848,96 @@ async def _live_source(
         return await _serve_until_stopped(handle, stop)
 
 
+# -- p2pcdn tracker -----------------------------------------------------------------------
+
+
+def _tracker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="TOML configuration (docs/tracker.md); the flags below override it",
+    )
+    for name, what in (
+        ("http", "RFC 7846 JSON over HTTP"),
+        ("https", "RFC 7846 JSON over HTTPS (needs --cert and --key)"),
+        ("udp", "binary PPSP-TP over UDP"),
+        ("tcp", "binary PPSP-TP over TCP"),
+    ):
+        parser.add_argument(
+            f"--{name}",
+            metavar="HOST:PORT",
+            type=listen_address_type,
+            help=f"serve {what} (port 0 picks a free port)",
+        )
+    parser.add_argument("--cert", metavar="FILE", type=Path, help="PEM certificate chain for https")
+    parser.add_argument("--key", metavar="FILE", type=Path, help="PEM private key for https")
+
+
+@command(
+    "tracker",
+    help="run a PPSP-TP tracker (RFC 7846)",
+    description="Run a PPSP-TP tracker serving RFC 7846 JSON over HTTP(S) and the binary "
+    "encoding over UDP and TCP at once. Prints the URL of every listener on stdout, one per "
+    "line (http://…, https://…, ppsp-udp://…, ppsp-tcp://…), then serves until SIGINT or "
+    "SIGTERM (exit status 0). With no listener configured it serves http and udp on "
+    "127.0.0.1:7846 and tcp on 127.0.0.1:7847.",
+    arguments=_tracker_arguments,
+    epilog="examples:\n"
+    "  p2pcdn tracker --http 127.0.0.1:7846 --udp 127.0.0.1:7846 --tcp 127.0.0.1:7847\n"
+    "  p2pcdn tracker --config tracker.toml -v\n",
+)
+def cmd_tracker(args: argparse.Namespace) -> int:
+    # Imported here: the tracker pulls in aiohttp, which the other subcommands do not need.
+    from ppsp.tracker.config import ConfigError, TrackerDaemonConfig, load_config
+
+    try:
+        config = load_config(args.config) if args.config is not None else TrackerDaemonConfig()
+        for name in ("http", "https", "udp", "tcp"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        if args.cert is not None:
+            config.cert_file = args.cert
+        if args.key is not None:
+            config.key_file = args.key
+        config = config.with_defaults()
+        config.validate()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.verbose:  # -v on the command line wins over the file's level
+        logging.getLogger().setLevel(config.log_level)
+    if config.log_file is not None:
+        handler = logging.FileHandler(config.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    return run_coroutine(_tracker(config))
+
+
+async def _tracker(config: Any) -> int:
+    from ppsp.tracker.config import ConfigError
+    from ppsp.tracker.server import serve
+
+    stop = asyncio.Event()
+    with _on_signals(lambda _signum: stop.set()):
+        try:
+            server = await serve(config)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        for url in server.urls:
+            _print_stdout(url)
+        closed = asyncio.ensure_future(server.wait_closed())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            server.close()
+            try:
+                await asyncio.wait_for(closed, timeout=10)
+            except TimeoutError:
+                log.warning("the tracker did not close within 10 s; exiting anyway")
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     sys.exit(main())

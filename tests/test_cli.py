@@ -209,13 +209,13 @@ def test_registering_a_command_adds_a_subcommand(monkeypatch: pytest.MonkeyPatch
     def arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--config")
 
-    @cli.command("tracker", help="run a tracker", arguments=arguments)
-    def run_tracker(args: argparse.Namespace) -> int:
+    @cli.command("example", help="an example daemon", arguments=arguments)
+    def run_example(args: argparse.Namespace) -> int:
         return 42 if args.config == "t.toml" else 0
 
-    assert cli.main(["tracker", "--config", "t.toml"]) == 42
+    assert cli.main(["example", "--config", "t.toml"]) == 42
     with pytest.raises(ValueError, match="twice"):
-        cli.command("tracker", help="again", arguments=arguments)(run_tracker)
+        cli.command("example", help="again", arguments=arguments)(run_example)
 
 
 # -- HOST:PORT ----------------------------------------------------------------------------

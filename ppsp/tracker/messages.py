@@ -26,11 +26,16 @@ ChunkRanges = list[tuple[int, int]]
 
 class TrackerError(ValueError):
     """A message that cannot be decoded or is not valid PPSP-TP; ``code`` is the RFC 7846
-    error code (§4.3) to answer with, normally 01 Bad Request."""
+    error code (§4.3) to answer with, normally 01 Bad Request. ``transaction_id`` is the
+    request's transaction ID when the decoder got that far, so the error response can carry it
+    (§4.1.1: responses use the same transaction_id as the request)."""
 
-    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+    def __init__(
+        self, message: str, code: ErrorCode | None = None, transaction_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code if code is not None else ErrorCode.BAD_REQUEST
+        self.transaction_id = transaction_id
 
 
 class RequestType(enum.StrEnum):

@@ -1,0 +1,815 @@
+"""The tracker daemon: a thin asyncio adapter around one sans-IO :class:`Tracker` (DESIGN §3).
+
+It serves the same tracker over every transport at once:
+
+- RFC 7846 JSON over HTTP/1.1 and HTTPS (aiohttp), POST on any path;
+- the binary encoding (DESIGN §4) over UDP, with reassembly, a response cache for
+  retransmitted requests and fragmented responses;
+- the binary encoding over TCP, framed by the header's length field.
+
+The adapter owns the sockets and the clock and nothing else: it feeds decoded requests to
+:meth:`Tracker.handle`, drives :meth:`Tracker.next_timer` / :meth:`Tracker.handle_timer`, and
+delivers what the tracker says first (:meth:`Tracker.pop_outgoing`: push hints, global info)
+over the binary transport each peer last used. Every network input is treated as hostile:
+sizes are checked before reading or parsing, every table is bounded, and no input ends in
+anything but a PPSP-TP error response, a dropped datagram or a closed connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiohttp import web
+
+from ppsp.tracker import binary, json_codec
+from ppsp.tracker.client import read_frame
+from ppsp.tracker.config import ConfigError, TrackerDaemonConfig
+from ppsp.tracker.messages import (
+    Connect,
+    ErrorCode,
+    Find,
+    GlobalInfoMessage,
+    PushHintMessage,
+    Request,
+    Response,
+    ResponseType,
+    StatQuery,
+    StatReport,
+    TrackerError,
+)
+from ppsp.tracker.state import Tracker
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+OutgoingMessage = PushHintMessage | GlobalInfoMessage
+REQUEST_TYPES = (Connect, Find, StatReport, StatQuery)
+
+#: Seconds between housekeeping passes (reassembly timeouts, response cache expiry).
+HOUSEKEEPING_INTERVAL = 1.0
+#: aiohttp's grace period for requests in progress when the daemon stops.
+HTTP_SHUTDOWN_TIMEOUT = 5.0
+#: UDP socket buffers: a 10,000-swarm batch arrives as ~750 datagrams in a burst.
+SOCKET_BUFFER = 8 * 1024 * 1024
+#: Fragmented UDP messages go out in bursts of this many datagrams, this many seconds apart.
+UDP_BURST = 64
+UDP_BURST_GAP = 0.001
+#: Paced messages in flight; beyond this a response waits for the client's retransmission.
+MAX_PACED_SENDS = 256
+
+URL_SCHEMES = {"http": "http", "https": "https", "udp": "ppsp-udp", "tcp": "ppsp-tcp"}
+
+
+def format_url(transport: str, addr: Address) -> str:
+    """The URL a client opens for a bound listener (see :func:`ppsp.tracker.client.open_client`)."""
+    host = addr[0]
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    return f"{URL_SCHEMES[transport]}://{host}:{addr[1]}"
+
+
+@dataclass
+class Counters:
+    """What the daemon saw, for logs, tests and the benchmark."""
+
+    http_requests: int = 0
+    udp_requests: int = 0
+    tcp_requests: int = 0
+    undecodable: int = 0
+    udp_ignored: int = 0
+    udp_retransmissions_answered: int = 0
+    tcp_connections_refused: int = 0
+    udp_pacing_dropped: int = 0
+    pushed: int = 0
+    push_undeliverable: int = 0
+    internal_errors: int = 0
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+class _UdpRoute:
+    """A peer reached over UDP at ``addr``."""
+
+    __slots__ = ("addr", "service")
+
+    def __init__(self, service: _UdpService, addr: Address) -> None:
+        self.service = service
+        self.addr = addr
+
+    def send(self, message: OutgoingMessage) -> bool:
+        return self.service.send_message(message, self.addr)
+
+    def alive(self) -> bool:
+        return self.service.transport is not None
+
+
+class _TcpRoute:
+    """A peer reached over an open TCP connection."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: _TcpConnection) -> None:
+        self.connection = connection
+
+    def send(self, message: OutgoingMessage) -> bool:
+        return self.connection.send_message(message)
+
+    def alive(self) -> bool:
+        return not self.connection.closed
+
+
+Route = _UdpRoute | _TcpRoute
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+class TrackerServer:
+    """One :class:`Tracker` served over HTTP(S), UDP and TCP. Create with :func:`serve`.
+
+    ``addresses`` maps each transport (``http``, ``https``, ``udp``, ``tcp``) to the address
+    it is bound to (a real port when 0 was asked); ``urls`` are the matching client URLs.
+    """
+
+    def __init__(self, config: TrackerDaemonConfig, tracker: Tracker | None = None) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.tracker = tracker if tracker is not None else Tracker(config.tracker, self.loop.time())
+        self.addresses: dict[str, Address] = {}
+        self.counters = Counters()
+        #: peer ID → the binary transport it last used (tracker-initiated messages go there).
+        self._routes: collections.OrderedDict[str, Route] = collections.OrderedDict()
+        self._udp: _UdpService | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._tcp_connections: set[_TcpConnection] = set()
+        self._http_runner: web.AppRunner | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._housekeeping: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+        self._json_limits = dataclasses.replace(
+            json_codec.DEFAULT_LIMITS, max_body=config.limits.max_http_body
+        )
+
+    @property
+    def urls(self) -> list[str]:
+        """Client URLs of the bound listeners, in the order http, https, udp, tcp."""
+        order = ("http", "https", "udp", "tcp")
+        return [format_url(t, self.addresses[t]) for t in order if t in self.addresses]
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every configured listener; on failure, release what was bound and raise."""
+        config = self.config
+        try:
+            if config.http is not None:
+                self.addresses["http"] = await self._start_http(config.http, None)
+            if config.https is not None:
+                self.addresses["https"] = await self._start_http(config.https, self._tls())
+            if config.udp is not None:
+                self.addresses["udp"] = await self._start_udp(config.udp)
+            if config.tcp is not None:
+                self.addresses["tcp"] = await self._start_tcp(config.tcp)
+        except BaseException:
+            self.close()
+            await self.wait_closed()
+            raise
+        self._arm_timer()
+        self._housekeeping = self.loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeep)
+        log.info("tracker serving on %s", ", ".join(self.urls) or "nothing")
+
+    def close(self) -> None:
+        """Stop serving: listeners and connections close, timers stop. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        for handle in (self._timer, self._housekeeping):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._housekeeping = None
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for connection in list(self._tcp_connections):
+            connection.abort()
+        self._routes.clear()
+        self._close_task = self.loop.create_task(self._finish_close())
+
+    async def _finish_close(self) -> None:
+        try:
+            if self._http_runner is not None:
+                await self._http_runner.cleanup()
+            if self._tcp_server is not None:
+                await self._tcp_server.wait_closed()
+        except Exception:
+            log.exception("error while closing the tracker")
+        finally:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` has released everything."""
+        await self._closed.wait()
+
+    # -- listeners ----------------------------------------------------------------------
+
+    def _tls(self) -> ssl.SSLContext:
+        cert, key = self.config.cert_file, self.config.key_file
+        if cert is None or key is None:
+            raise ConfigError("https needs a certificate and a key")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 7525 §3.1.1
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load certificate {cert} / key {key}: {exc}") from None
+        return context
+
+    async def _start_http(self, addr: Address, tls: ssl.SSLContext | None) -> Address:
+        limits = self.config.limits
+        if self._http_runner is None:
+            app = web.Application(client_max_size=limits.max_http_body)
+            # RFC 7846 examples POST to arbitrary paths (§4.1: "POST .../video_1"): every path.
+            app.router.add_route("*", "/{path:.*}", self._http_request)
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                keepalive_timeout=limits.http_keepalive,
+                handle_signals=False,
+                shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT,
+            )
+            await runner.setup()
+            self._http_runner = runner
+        sock = _bind(addr, socket.SOCK_STREAM, "https" if tls is not None else "http")
+        bound = _sockname(sock)
+        site = web.SockSite(self._http_runner, sock, ssl_context=tls)
+        try:
+            await site.start()
+        except BaseException:
+            sock.close()
+            raise
+        return bound
+
+    async def _start_udp(self, addr: Address) -> Address:
+        sock = _bind(addr, socket.SOCK_DGRAM, "udp")
+        tune_buffers(sock, SOCKET_BUFFER)
+        service = _UdpService(self)
+        try:
+            await self.loop.create_datagram_endpoint(lambda: service, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._udp = service
+        return _sockname(sock)
+
+    async def _start_tcp(self, addr: Address) -> Address:
+        sock = _bind(addr, socket.SOCK_STREAM, "tcp")
+        try:
+            server = await asyncio.start_server(
+                self._tcp_accept, sock=sock, limit=self.config.limits.max_tcp_frame + 1
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self._tcp_server = server
+        return _sockname(sock)
+
+    # -- the common request path --------------------------------------------------------
+
+    def handle(self, request: Request, source: Address, route: Route | None) -> Response:
+        """Run one decoded request through the tracker; a failure inside the tracker is an
+        Internal Server Error (RFC 7846 §4.3, code 04), never a crash of the daemon."""
+        now = self.loop.time()
+        try:
+            response = self.tracker.handle(request, source, now)
+        except TrackerError as exc:
+            response = Response.error(request.transaction_id, exc.code)
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("tracker failed on %s from %s", type(request).__name__, source)
+            response = Response.error(request.transaction_id, ErrorCode.INTERNAL_SERVER_ERROR)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s from %s (%s): %s %02d",
+                type(request).__name__,
+                request.peer_id,
+                source,
+                response.response_type.name,
+                response.error_code,
+            )
+        # Only a request the tracker accepted moves a peer's route, so a request that merely
+        # claims someone's peer ID cannot divert that peer's push hints.
+        if route is not None and response.response_type == ResponseType.SUCCESSFUL:
+            self._remember_route(request.peer_id, route)
+        self._schedule_flush()
+        return response
+
+    def _remember_route(self, peer_id: str, route: Route) -> None:
+        routes = self._routes
+        routes[peer_id] = route
+        routes.move_to_end(peer_id)
+        while len(routes) > self.config.limits.max_routes:
+            routes.popitem(last=False)
+
+    def _forget_connection(self, connection: _TcpConnection) -> None:
+        stale = [
+            peer_id
+            for peer_id, route in self._routes.items()
+            if isinstance(route, _TcpRoute) and route.connection is connection
+        ]
+        for peer_id in stale:
+            del self._routes[peer_id]
+
+    # -- timers and tracker-initiated messages ------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and not self._closing:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what the tracker wants to say first, then re-arm its timer."""
+        self._flush_scheduled = False
+        if self._closing:
+            return
+        try:
+            outgoing = self.tracker.pop_outgoing()
+        except Exception:
+            log.exception("tracker failed to produce its outgoing messages")
+            outgoing = []
+        for peer_id, message in outgoing:
+            route = self._routes.get(peer_id)
+            if route is None or not route.alive():
+                # An HTTP-only peer gets its hints piggy-backed on its next response.
+                self.counters.push_undeliverable += 1
+                continue
+            if route.send(message):
+                self.counters.pushed += 1
+            else:
+                self.counters.push_undeliverable += 1
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._closing:
+            return
+        when = self.tracker.next_timer()
+        if when is None:
+            return
+        if self._timer is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        try:
+            self.tracker.handle_timer(self.loop.time())
+        except Exception:
+            log.exception("error in the tracker's timers")
+        self._flush()
+
+    def _housekeep(self) -> None:
+        now = self.loop.time()
+        if self._udp is not None:
+            self._udp.housekeep(now)
+        for connection in self._tcp_connections:
+            connection.reassembler.expire(now)
+        if not self._closing:
+            self._housekeeping = self.loop.call_later(HOUSEKEEPING_INTERVAL, self._housekeep)
+
+    # -- HTTP(S): RFC 7846 §4 -------------------------------------------------------------
+
+    async def _http_request(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            # RFC 7846 §4: requests are POSTs.
+            return web.Response(
+                status=405, headers={"Allow": "POST"}, text="PPSP-TP requests are POSTs\n"
+            )
+        limit = self.config.limits.max_http_body
+        length = request.content_length
+        if length is not None and length > limit:
+            # Refused on the header alone, before a byte of the body is read.
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
+        # The media type MUST be application/ppsp-tracker+json (RFC 7846 §4), but a missing
+        # or generic type is accepted: the body decides (Postel, and curl's default).
+        body = await request.read()  # bounded by client_max_size for chunked bodies too
+        self.counters.http_requests += 1
+        try:
+            decoded = json_codec.decode_request(body, limits=self._json_limits)
+        except TrackerError as exc:
+            self.counters.undecodable += 1
+            # §4.1.1: a response carries the request's transaction ID, when it could be read.
+            response = Response.error(exc.transaction_id or "", exc.code)
+        else:
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            source = (
+                (str(peer[0]), int(peer[1]))
+                if isinstance(peer, tuple) and len(peer) >= 2
+                else (request.remote or "", 0)
+            )
+            response = self.handle(decoded, source, None)
+            if response.response_type == ResponseType.SUCCESSFUL:
+                response = self._piggyback(decoded.peer_id, response)
+        try:
+            payload = json_codec.encode_response(response)
+        except Exception:
+            log.exception("cannot encode a response to %s", response.transaction_id)
+            self.counters.internal_errors += 1
+            error = Response.error(response.transaction_id, ErrorCode.INTERNAL_SERVER_ERROR)
+            payload = json_codec.encode_response(error)
+        # RFC 7846 §4.1 examples: HTTP 200 with the PPSP-TP status in the JSON body.
+        return web.Response(
+            status=200, body=payload, headers={"Content-Type": json_codec.CONTENT_TYPE}
+        )
+
+    def _piggyback(self, peer_id: str, response: Response) -> Response:
+        """A cacher's active push hints ride on its HTTP responses: the tracker cannot speak
+        first over HTTP, and a plain RFC 7846 client ignores the members (§4.4)."""
+        try:
+            hints = self.tracker.hints_for(peer_id, self.loop.time())
+        except Exception:
+            log.exception("tracker failed to produce hints for %s", peer_id)
+            return response
+        if not hints:
+            return response
+        # The tracker shares response objects with its replay cache: never mutate one.
+        return dataclasses.replace(response, push_hints=[*response.push_hints, *hints])
+
+    # -- TCP ------------------------------------------------------------------------------
+
+    async def _tcp_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing or len(self._tcp_connections) >= self.config.limits.max_tcp_connections:
+            self.counters.tcp_connections_refused += 1
+            writer.close()
+            return
+        connection = _TcpConnection(self, reader, writer)
+        self._tcp_connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._tcp_connections.discard(connection)
+            self._forget_connection(connection)
+
+    def stats(self) -> dict[str, Any]:
+        """The tracker's statistics and the daemon's counters."""
+        out = dict(self.tracker.stats())
+        out["daemon"] = dict(vars(self.counters))
+        out["daemon"]["tcp_connections"] = len(self._tcp_connections)
+        out["daemon"]["routes"] = len(self._routes)
+        if self._udp is not None:
+            out["daemon"]["udp_cached_responses"] = len(self._udp.cache)
+        return out
+
+
+# ---------------------------------------------------------------------------- UDP
+
+
+@dataclass(slots=True)
+class _CachedResponse:
+    fragments: list[bytes]
+    size: int
+    expires: float
+
+
+class _UdpService(asyncio.DatagramProtocol):
+    """Binary PPSP-TP over UDP. A retransmitted request (same source and transaction ID,
+    RFC 7846 §4.3) is answered from the response cache, byte for byte, without running it
+    through the tracker again."""
+
+    def __init__(self, server: TrackerServer) -> None:
+        self.server = server
+        limits = server.config.limits
+        self.limits = limits
+        self.reassembler = binary.Reassembler(
+            max_pending=limits.max_pending_fragments,
+            max_message=limits.max_message,
+            timeout=limits.reassembly_timeout,
+            max_per_source=limits.max_pending_per_source,
+            max_buffered=limits.reassembly_buffer,
+        )
+        self.cache: collections.OrderedDict[tuple[Address, int], _CachedResponse] = (
+            collections.OrderedDict()
+        )
+        self.cache_bytes = 0
+        self.transport: asyncio.DatagramTransport | None = None
+        self.paced = 0  # messages being sent in paced bursts
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport does not subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP socket error: %s", exc)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            self._datagram(data, (str(addr[0]), int(addr[1])))
+        except Exception:  # a bug must not take the daemon down; the datagram is dropped
+            self.server.counters.internal_errors += 1
+            log.exception("error handling a datagram from %s", addr)
+
+    def _datagram(self, data: bytes, source: Address) -> None:
+        server = self.server
+        if self.transport is None:
+            return
+        try:
+            header = binary.peek_header(data)
+        except TrackerError:
+            # Not PPSP-TP (wrong token, too short): no transaction ID to answer, and
+            # answering garbage would make the tracker a reflector. Dropped.
+            server.counters.udp_ignored += 1
+            return
+        if not binary.is_request(header):
+            server.counters.udp_ignored += 1  # responses and pushes go the other way
+            return
+        now = server.loop.time()
+        key = (source, header.transaction_id)
+        cached = self.cache.get(key)
+        if cached is not None and cached.expires > now:
+            # Resend once per retransmitted request: on its last fragment, the one that
+            # would have completed it.
+            if binary.is_last_fragment(header):
+                server.counters.udp_retransmissions_answered += 1
+                self._send(cached.fragments, source)
+            return
+        try:
+            message = self.reassembler.feed(data, source, now)
+        except TrackerError as exc:
+            server.counters.undecodable += 1
+            self._send([binary.error_response(header.transaction_id, exc.code)], source)
+            return
+        if message is None:
+            return  # more fragments to come
+        if not isinstance(message, REQUEST_TYPES):
+            server.counters.udp_ignored += 1
+            return
+        server.counters.udp_requests += 1
+        response = server.handle(message, source, _UdpRoute(self, source))
+        try:
+            fragments = binary.encode(
+                response,
+                transaction_id=header.transaction_id,
+                max_fragment=self.limits.udp_max_fragment,
+            )
+        except Exception:
+            server.counters.internal_errors += 1
+            log.exception("cannot encode a response for %s", source)
+            error = binary.error_response(header.transaction_id, ErrorCode.INTERNAL_SERVER_ERROR)
+            fragments = [error]
+        self._remember(key, fragments, now)
+        self._send(fragments, source)
+
+    def _send(self, fragments: Sequence[bytes], addr: Address) -> None:
+        """Send a message's fragments, paced: a burst of :data:`UDP_BURST` now and the rest
+        in later bursts, so that a big response does not overflow the receiver's socket
+        buffer (a datagram dropped there costs the whole message a retransmission)."""
+        transport = self.transport
+        if transport is None:
+            return
+        for fragment in fragments[:UDP_BURST]:
+            transport.sendto(fragment, addr)
+        if len(fragments) > UDP_BURST:
+            if self.paced >= MAX_PACED_SENDS:
+                self.server.counters.udp_pacing_dropped += 1
+                return  # the client retransmits and is answered from the cache
+            self.paced += 1
+            self.server.loop.call_later(UDP_BURST_GAP, self._send_rest, fragments, UDP_BURST, addr)
+
+    def _send_rest(self, fragments: Sequence[bytes], start: int, addr: Address) -> None:
+        transport = self.transport
+        if transport is None:
+            self.paced -= 1
+            return
+        end = start + UDP_BURST
+        for fragment in fragments[start:end]:
+            transport.sendto(fragment, addr)
+        if end < len(fragments):
+            self.server.loop.call_later(UDP_BURST_GAP, self._send_rest, fragments, end, addr)
+        else:
+            self.paced -= 1
+
+    def send_message(self, message: OutgoingMessage, addr: Address) -> bool:
+        if self.transport is None:
+            return False
+        try:
+            fragments = binary.encode(message, max_fragment=self.limits.udp_max_fragment)
+        except Exception:
+            log.exception("cannot encode a %s", type(message).__name__)
+            return False
+        self._send(fragments, addr)
+        return True
+
+    def _remember(self, key: tuple[Address, int], fragments: list[bytes], now: float) -> None:
+        limits = self.limits
+        size = sum(len(f) for f in fragments)
+        if size > limits.response_cache_bytes or limits.response_cache_entries == 0:
+            return
+        old = self.cache.pop(key, None)
+        if old is not None:
+            self.cache_bytes -= old.size
+        self.cache[key] = _CachedResponse(fragments, size, now + limits.response_cache_seconds)
+        self.cache_bytes += size
+        while (
+            len(self.cache) > limits.response_cache_entries
+            or self.cache_bytes > limits.response_cache_bytes
+        ):
+            _, evicted = self.cache.popitem(last=False)
+            self.cache_bytes -= evicted.size
+
+    def housekeep(self, now: float) -> None:
+        self.reassembler.expire(now)
+        # Entries were inserted in time order with one lifetime, so the oldest expire first.
+        while self.cache:
+            key, entry = next(iter(self.cache.items()))
+            if entry.expires > now:
+                break
+            del self.cache[key]
+            self.cache_bytes -= entry.size
+
+
+# ---------------------------------------------------------------------------- TCP
+
+
+class _TcpConnection:
+    """One binary PPSP-TP connection: frames in, responses and tracker-initiated messages
+    out. Closed when idle for ``tcp_idle_timeout``, on a frame that cannot be one, or when
+    the peer does not read what it is sent (``tcp_write_buffer``)."""
+
+    def __init__(
+        self, server: TrackerServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.limits = server.config.limits
+        peer = writer.get_extra_info("peername")
+        self.peer: Address = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        # One peer per connection: its own small reassembly state, bounded like a source's
+        # share of the UDP one.
+        self.reassembler = binary.Reassembler(
+            max_pending=self.limits.max_pending_per_source,
+            max_message=self.limits.max_message,
+            timeout=self.limits.reassembly_timeout,
+            max_per_source=self.limits.max_pending_per_source,
+            max_buffered=self.limits.max_message,
+        )
+        self.route = _TcpRoute(self)
+        self.closed = False
+
+    async def run(self) -> None:
+        limits = self.limits
+        try:
+            while not self.closed:
+                async with asyncio.timeout(limits.tcp_idle_timeout):
+                    frame = await read_frame(self.reader, limits.max_tcp_frame)
+                if frame is None:
+                    break
+                self._frame(frame)
+                async with asyncio.timeout(limits.tcp_idle_timeout):
+                    await self.writer.drain()
+        except TimeoutError:
+            log.debug("closing idle TCP connection from %s", self.peer)
+        except TrackerError as exc:
+            # A header that cannot start a frame: the stream cannot be resynchronised.
+            self.server.counters.undecodable += 1
+            log.debug("closing TCP connection from %s: %s", self.peer, exc)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.debug("TCP connection from %s broke: %s", self.peer, exc)
+        finally:
+            self.abort()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await self.writer.wait_closed()
+
+    def _frame(self, frame: bytes) -> None:
+        server = self.server
+        header = binary.peek_header(frame)
+        if not binary.is_request(header):
+            return
+        now = server.loop.time()
+        try:
+            message = self.reassembler.feed(frame, self.peer, now)
+        except TrackerError as exc:
+            server.counters.undecodable += 1
+            self._write([binary.error_response(header.transaction_id, exc.code)])
+            return
+        if message is None or not isinstance(message, REQUEST_TYPES):
+            return
+        server.counters.tcp_requests += 1
+        response = server.handle(message, self.peer, self.route)
+        try:
+            frames = binary.encode(
+                response,
+                transaction_id=header.transaction_id,
+                max_fragment=self.limits.tcp_max_fragment,
+            )
+        except Exception:
+            server.counters.internal_errors += 1
+            log.exception("cannot encode a response for %s", self.peer)
+            frames = [binary.error_response(header.transaction_id, ErrorCode.INTERNAL_SERVER_ERROR)]
+        self._write(frames)
+
+    def _write(self, frames: list[bytes]) -> bool:
+        if self.closed:
+            return False
+        self.writer.writelines(frames)
+        if self.writer.transport.get_write_buffer_size() > self.limits.tcp_write_buffer:
+            log.info("closing TCP connection from %s: it does not read", self.peer)
+            self.abort()
+            return False
+        return True
+
+    def send_message(self, message: OutgoingMessage) -> bool:
+        """The tracker speaks first on an open connection (DESIGN §4)."""
+        try:
+            frames = binary.encode(message, max_fragment=self.limits.tcp_max_fragment)
+        except Exception:
+            log.exception("cannot encode a %s", type(message).__name__)
+            return False
+        return self._write(frames)
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.writer.close()
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _bind(addr: Address, kind: socket.SocketKind, transport: str) -> socket.socket:
+    """A socket bound to ``addr`` (a host name resolves to its first address). An
+    :class:`OSError` names the listener that failed."""
+    try:
+        infos = socket.getaddrinfo(addr[0], addr[1], type=kind, flags=socket.AI_PASSIVE)
+        family, _, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {format_url(transport, addr)}: {exc}") from exc
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        message = f"cannot listen on {format_url(transport, addr)}: {exc.strerror or exc}"
+        raise OSError(exc.errno, message) from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def tune_buffers(sock: socket.socket, size: int) -> None:
+    """Raise a UDP socket's buffers to ``size`` where allowed (beyond ``rmem_max`` only as
+    root, with the *BUFFORCE options)."""
+    for option, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, force, size)  # SO_RCVBUFFORCE / SO_SNDBUFFORCE
+        with contextlib.suppress(OSError):
+            if sock.getsockopt(socket.SOL_SOCKET, option) < size:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def _sockname(sock: socket.socket) -> Address:
+    name = sock.getsockname()
+    return (str(name[0]), int(name[1]))
+
+
+async def serve(config: TrackerDaemonConfig, tracker: Tracker | None = None) -> TrackerServer:
+    """Start a tracker daemon with ``config`` (``tracker`` to serve an existing
+    :class:`Tracker`). Raises :class:`OSError` when a listener cannot bind and
+    :class:`ConfigError` for an unusable certificate."""
+    server = TrackerServer(config, tracker)
+    await server.start()
+    return server
