@@ -322,9 +322,16 @@ class JsonHttpTrackerClient(TrackerClient):
         ) as reply:
             if reply.content_length is not None and reply.content_length > MAX_HTTP_BODY:
                 raise TrackerProtocolError(f"response of {reply.content_length} bytes: too big")
-            data = await reply.content.read(MAX_HTTP_BODY + 1)
-            if len(data) > MAX_HTTP_BODY:
-                raise TrackerProtocolError("response body too big")
+            # StreamReader.read(n) returns what is buffered, not n bytes: read to the end,
+            # but never more than the limit (a chunked reply has no Content-Length).
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in reply.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > MAX_HTTP_BODY:
+                    raise TrackerProtocolError("response body too big")
+                chunks.append(chunk)
+            data = b"".join(chunks)
             try:
                 response = json_codec.decode_response(data)
             except TrackerError as exc:
