@@ -11,8 +11,11 @@ the wire.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import pytest
 
 from ppsp.peer import fastwire
 from ppsp.peer.channel import (
@@ -470,6 +473,33 @@ def test_lost_handshake_is_retransmitted() -> None:
     assert store.content() == data
 
 
+def test_unanswered_handshake_backs_off_without_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: once the backoff (32 s) exceeded KEEPALIVE_INTERVAL, a channel still in
+    HANDSHAKE_SENT had a keep-alive deadline on_timer never acted on, and the timer fired
+    forever at one instant (in aio: a busy loop ~51 s after connecting to a silent peer)."""
+    net = SimNet()
+    tap = Tap(net)
+    params = swarm_params(make_content(4 * CHUNK))
+    lee, _, _ = leecher(params)
+    net.add(LEECHER, lee)
+    calls = [0]
+    real = lee.handle_timer
+
+    def counting(now: float) -> None:
+        calls[0] += 1
+        real(now)
+
+    monkeypatch.setattr(lee, "handle_timer", counting)
+    lee.connect(params.swarm_id, SEEDER, 0.0)  # nobody is at SEEDER
+    net.run(2 * DEAD_PEER_TIMEOUT + 60, stop=lambda: calls[0] > 1000)
+    assert calls[0] <= 1000, f"timer fired {calls[0]} times by t={net.now:.1f}s"
+    sends = [x.time for x in tap.between(LEECHER, SEEDER)]
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    assert gaps == sorted(gaps), "retransmissions do not back off"
+    # An initiator that never hears back gives up (§3.12: dead after 3 minutes).
+    assert not lee.channels
+
+
 def test_duplicate_handshake_gets_the_same_reply() -> None:
     net = SimNet()
     tap = Tap(net)
@@ -596,7 +626,9 @@ def test_rarest_first_across_three_peers() -> None:
     tap.drop = None
     assert len(lee.channels) == 3
     assert all(ch.peer_choked_us for ch in lee.channels.values())
-    assert not [m for s in tap.log if s.src == LEECHER for m in decode(s.data) if isinstance(m, Request)]
+    assert not [
+        m for s in tap.log if s.src == LEECHER for m in decode(s.data) if isinstance(m, Request)
+    ]
 
     full = ("10.0.1.1", 7000)
     unchoked_at = net.now
@@ -618,6 +650,7 @@ def test_rarest_first_across_three_peers() -> None:
             ch = only_channel(lee, addr)
             net.inject(fastwire.encode_datagram(ch.local_id, [Unchoke()]), addr, LEECHER)
     net.run(net.now + 20.0, stop=complete(net, LEECHER))
+    assert content.complete
     assert store.content() == data
 
 
@@ -642,7 +675,13 @@ def test_two_swarms_from_one_seeder_endpoint_concurrently() -> None:
     assert {ch.swarm.swarm_id for ch in at_seeder} == {p1.swarm_id, p2.swarm_id}
     assert len({ch.local_id for ch in at_seeder}) == 2
 
-    net.run(30.0, stop=lambda: complete(net, LEECHER, p1.swarm_id)() and complete(net, LEECHER, p2.swarm_id)())
+    net.run(
+        30.0,
+        stop=lambda: (
+            complete(net, LEECHER, p1.swarm_id)() and complete(net, LEECHER, p2.swarm_id)()
+        ),
+    )
+    assert c1.complete and c2.complete
     assert st1.content() == d1
     assert st2.content() == d2
     # Concurrent, not one after the other: DATA of each swarm arrived while the other's flowed.
@@ -654,4 +693,3 @@ def test_two_swarms_from_one_seeder_endpoint_concurrently() -> None:
     t1, t2 = times[ch1.local_id], times[ch2.local_id]
     assert t1 and t2
     assert t1[0] < t2[-1] and t2[0] < t1[-1]
-

@@ -65,6 +65,9 @@ REQUEST_WINDOW_MAX = 4096
 #: A batch of requested chunks that has not fully arrived this long after the last DATA from
 #: the peer is requested again (possibly elsewhere).
 REQUEST_STALL = 1.0
+#: A channel we answered whose initiator never confirmed it (§3.1 step 3) is given up after
+#: this long, so half-open channels cannot hold the swarm's channel slots.
+HALF_OPEN_TIMEOUT = 10.0
 #: PEX (§3.10): only peers heard from within this window are given out.
 PEX_RECENT = 60.0
 #: Bytes of the control datagram left to other messages when PEX_REScerts fill it.
@@ -121,6 +124,8 @@ class Channel:
         # What the peer holds (from its HAVEs and ACKs) and what it asked us for.
         self.peer_have = ChunkSet()
         self.peer_requests: deque[list[int]] = deque()
+        #: Chunks the peer CANCELled (§3.8), skipped when their turn comes.
+        self.cancelled = ChunkSet()
         self.queued_request_chunks = 0
         self.peer_choked_us = False
 
@@ -143,6 +148,9 @@ class Channel:
         self.outstanding = ChunkSet()
         self.outstanding_count = 0
         self.request_window = REQUEST_WINDOW_START
+        #: After a stall, no new REQUESTs here before this time: the chunks given back go to
+        #: the other peers first instead of straight back to this silent one.
+        self.stalled_until = 0.0
         self.last_data_received = now
         self.acks_due: list[tuple[int, int, int]] = []  # (start, end, delay sample µs)
         self.have_due: list[tuple[int, int]] = []
@@ -151,6 +159,7 @@ class Channel:
         self.bytes_sent = 0
 
         # Liveness (§3.12) and handshake retransmission.
+        self.created = now
         self.last_receive = now
         self.last_send = now
         self.datagrams_since_receive = 0
@@ -288,6 +297,7 @@ class Channel:
         payload = msg.payload
         size = self.chunk_size
         self.last_data_received = now
+        self.stalled_until = 0.0
         delay = self._ts_us(now) - msg.timestamp
         start = msg.start
         count = (len(payload) + size - 1) // size if payload else 0
@@ -349,9 +359,8 @@ class Channel:
         if end < start or len(self.peer_have) >= MAX_HAVE_INTERVALS:
             return
         self.peer_have.add(start, end)
-        # §3.8: a HAVE cancels our pending REQUESTs for those chunks at this peer ... and the
-        # peer's REQUESTs to us for what it now has.
-        self._cancel(start, end)
+        # §3.8: a HAVE cancels the peer's REQUESTs to us for what it now has: the send path
+        # skips chunks in peer_have, so nothing needs to be searched here.
         self.swarm.peer_has(start, end)
         self._mark()
 
@@ -367,28 +376,17 @@ class Channel:
             return
         if len(self.peer_requests) >= MAX_QUEUED_REQUESTS:
             return
+        if not self.cancelled.is_empty():
+            self.cancelled.remove(start, end)  # asked for again
         self.peer_requests.append([start, end])
         self.queued_request_chunks += end - start + 1
         self._mark()
 
     def _cancel(self, start: int, end: int) -> None:
-        if not self.peer_requests:
-            return
-        kept: deque[list[int]] = deque()
-        total = 0
-        for s, e in self.peer_requests:
-            if e < start or s > end:
-                kept.append([s, e])
-                total += e - s + 1
-                continue
-            if s < start:
-                kept.append([s, start - 1])
-                total += start - s
-            if e > end:
-                kept.append([end + 1, e])
-                total += e - end
-        self.peer_requests = kept
-        self.queued_request_chunks = total
+        """CANCEL (§3.8): the send path skips cancelled chunks, in O(log n) per message
+        however many REQUESTs are queued."""
+        if end >= start and len(self.cancelled) < MAX_HAVE_INTERVALS:
+            self.cancelled.add(start, end)
 
     def _on_pex_request(self, now: float) -> None:
         swarm = self.swarm
@@ -470,6 +468,8 @@ class Channel:
             self._send_data(now, out)
 
     def _requests(self, now: float) -> list[Message]:
+        if now < self.stalled_until:
+            return []
         want = self.request_window - self.outstanding_count
         if want < max(1, self.request_window // 4) or self.peer_have.is_empty():
             return []
@@ -505,6 +505,8 @@ class Channel:
         ts = self._ts_us(now)
         requests = self.peer_requests
         have = content.have
+        peer_have = self.peer_have
+        cancelled = self.cancelled if not self.cancelled.is_empty() else None
         remote = self.remote_id
         peer_hashes = self.peer_hashes
         ctx = self.ctx
@@ -527,6 +529,19 @@ class Channel:
                 else:
                     self.queued_request_chunks -= skip_to - chunk
                     head[0] = skip_to
+                continue
+            skip = None
+            if chunk in peer_have:
+                skip = peer_have.covering_interval(chunk)  # it has them: implicit CANCEL
+            elif cancelled and chunk in cancelled:
+                skip = cancelled.covering_interval(chunk)
+            if skip is not None:
+                last = min(skip[1], head[1])
+                if last == head[1]:
+                    requests.popleft()
+                else:
+                    head[0] = last + 1
+                self.queued_request_chunks -= last - chunk + 1
                 continue
             if chunk == head[1]:
                 requests.popleft()
@@ -583,9 +598,11 @@ class Channel:
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float:
-        t = self.last_send + KEEPALIVE_INTERVAL
         if self.state is ChannelState.HANDSHAKE_SENT:
-            t = min(t, self.next_handshake)
+            return self.next_handshake  # no keep-alives before there is a channel
+        t = self.last_send + KEEPALIVE_INTERVAL
+        if self.state is ChannelState.REPLIED:
+            t = min(t, self.created + HALF_OPEN_TIMEOUT)
         order = self.in_flight_order
         while order and self.in_flight.get(order[0][1]) != order[0][0]:
             order.popleft()  # acknowledged meanwhile
@@ -593,6 +610,8 @@ class Channel:
             t = min(t, order[0][0] + self.ledbat.rto())
         if self.outstanding_count:
             t = min(t, self.last_data_received + REQUEST_STALL)
+        if self.stalled_until:
+            t = min(t, self.stalled_until)
         return t
 
     def on_timer(self, now: float, out: list[tuple[bytes, Address]]) -> None:
@@ -604,6 +623,9 @@ class Channel:
         ):
             self.close("peer dead: no datagram for 3 minutes (§3.12)")
             return
+        if self.state is ChannelState.REPLIED and self.created + HALF_OPEN_TIMEOUT <= now:
+            self.close("handshake not confirmed (§3.1 step 3)")
+            return
         if self.state is ChannelState.HANDSHAKE_SENT:
             if now >= self.next_handshake:
                 self.handshake_attempts += 1
@@ -611,6 +633,8 @@ class Channel:
                 self._emit(self.swarm.initiating_handshake(self), out, now)
             return
         self._expire_in_flight(now)
+        if self.stalled_until and now >= self.stalled_until:
+            self.stalled_until = 0.0  # this peer may be asked again
         self._expire_requests(now)
         if self.last_send + KEEPALIVE_INTERVAL <= now:
             self._emit(self.remote_id.to_bytes(4, "big"), out, now)  # §8.14 keep-alive
@@ -662,4 +686,5 @@ class Channel:
         # is asked for again (here or at another peer), and request less from this peer.
         self.request_window = max(REQUEST_WINDOW_MIN, self.request_window // 2)
         self.last_data_received = now
+        self.stalled_until = now + REQUEST_STALL
         self._return_outstanding()

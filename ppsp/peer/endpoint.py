@@ -538,8 +538,13 @@ class Endpoint:
             )
             return
         if len(self.channels) >= MAX_CHANNELS or len(swarm.channels) >= MAX_CHANNELS_PER_SWARM:
-            self.stats_dropped += 1
-            return
+            # Full: make room by giving up the oldest half-open channel (§3.1 step 3 never
+            # came), so a flood of handshakes cannot lock real peers out.
+            half_open = [c for c in swarm.channels if c.state is ChannelState.REPLIED]
+            if not half_open:
+                self.stats_dropped += 1
+                return
+            min(half_open, key=lambda c: c.created).close("evicted: handshake not confirmed")
         ch = Channel(self, swarm, self._allocate_id(), addr, initiator=False, now=now)
         ch.remote_id = hs.source_channel
         ch.peer_handshake(hs.options)
