@@ -140,6 +140,8 @@ class StaticContent:
     def __init__(self, tree: HashTree, storage: ChunkWriter, have: ChunkSet | None = None) -> None:
         self._peaks: list[tuple[int, int]] | None = None
         self.tree = tree
+        # A DownloadStorage records what it wrote in the very set we announce from.
+        self._storage_tracks_have = have is not None and getattr(storage, "have", None) is have
         self.storage = storage
         self.have = have if have is not None else ChunkSet()
 
@@ -228,7 +230,8 @@ class StaticContent:
         if not ok:
             return ok
         self.storage.write_chunk(chunk, data)
-        self.have.add(chunk, chunk)
+        if not self._storage_tracks_have:
+            self.have.add(chunk, chunk)
         return True
 
 

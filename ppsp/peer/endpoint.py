@@ -243,12 +243,18 @@ class Swarm:
         """HAVE for freshly verified chunks to every peer that lacks them (§3.3)."""
         if not self.new_chunks:
             return
-        fresh = ChunkSet()
-        for c in self.new_chunks:
-            fresh.add(c, c)
+        chunks = sorted(self.new_chunks)
         self.new_chunks = []
+        runs: list[tuple[int, int]] = []
+        start = prev = chunks[0]
+        for c in chunks[1:]:
+            if c > prev + 1:
+                runs.append((start, prev))
+                start = c
+            prev = c
+        runs.append((start, prev))
         have = self.content.have
-        for s, e in fresh.intervals():
+        for s, e in runs:
             cov = have.covering_interval(e) or ChunkRange(s, e)
             for ch in self.channels:
                 if ch.state is ChannelState.CLOSED or ch.peer_have.contains_range(s, e):
