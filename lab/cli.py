@@ -939,5 +939,140 @@ async def _tracker(config: Any) -> int:
     return EXIT_OK
 
 
+# -- p2pcdn ca ----------------------------------------------------------------------------
+
+
+def _ca_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="ca_action", metavar="ACTION", required=True)
+    init = actions.add_parser(
+        "init",
+        help="create an overlay CA (DIR/ca.key 0600, DIR/ca.pem)",
+        description="Create the enrollment CA of a RELOAD overlay (RFC 6940 §11.3): a "
+        "self-signed root certificate for the configuration's root-cert list.",
+    )
+    init.add_argument("--overlay", required=True, metavar="NAME", help="overlay name")
+    init.add_argument("--dir", required=True, type=Path, metavar="DIR", help="CA directory")
+    init.add_argument(
+        "--key-type", choices=["ecdsa-p256", "rsa-2048"], default="ecdsa-p256", help="CA key"
+    )
+    issue = actions.add_parser(
+        "issue",
+        help="issue a node certificate with Node-IDs in its SAN",
+        description="Generate a node key and issue its certificate (RFC 6940 §11.3): one "
+        "reload:// URI per Node-ID and the user name as rfc822Name. Writes PREFIX.key (0600) "
+        "and PREFIX.pem and prints each Node-ID in hex, one per line. A user issued again "
+        "gets the same random Node-IDs (DIR/nodes.json), as §11.3 recommends.",
+    )
+    issue.add_argument("--dir", required=True, type=Path, metavar="DIR", help="CA directory")
+    issue.add_argument("--user", required=True, metavar="NAME", help="user name (rfc822Name)")
+    which = issue.add_mutually_exclusive_group()
+    which.add_argument(
+        "--node-id",
+        action="append",
+        type=_argtype("Node-ID", _parse_hex),
+        metavar="HEX",
+        help="a Node-ID to certify (repeatable)",
+    )
+    which.add_argument(
+        "--random-node-ids", type=int, metavar="N", help="certify N random Node-IDs (default 1)"
+    )
+    issue.add_argument(
+        "--node-id-length", type=int, default=16, metavar="BYTES", help="16-20 (default 16)"
+    )
+    issue.add_argument(
+        "--key-type", choices=["ecdsa-p256", "rsa-2048"], default="ecdsa-p256", help="node key"
+    )
+    issue.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    issue.add_argument(
+        "--out", required=True, type=Path, metavar="PREFIX", help="writes PREFIX.key, .pem"
+    )
+
+
+@command(
+    "ca",
+    help="RELOAD lab enrollment: overlay CA and node certificates",
+    description="Lab enrollment for RELOAD overlays (RFC 6940 §11.3, docs/reload-security.md).",
+    arguments=_ca_arguments,
+    epilog="examples:\n"
+    "  p2pcdn ca init --overlay lab.p2pcdn --dir ca/\n"
+    "  p2pcdn ca issue --dir ca/ --user alice@lab.p2pcdn --out nodes/alice\n",
+)
+def cmd_ca(args: argparse.Namespace) -> int:
+    # Imported here: only this subcommand needs cryptography's X.509 builders.
+    from reload.security import CertificateError
+
+    try:
+        if args.ca_action == "init":
+            return _ca_init(args)
+        return _ca_issue(args)
+    except CertificateError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    from reload import security
+
+    directory: Path = args.dir
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = directory / "ca.key", directory / "ca.pem"
+    if key_path.exists():
+        raise FileExistsError(f"{key_path} exists; refusing to replace an overlay CA")
+    key, cert = security.create_overlay_ca(args.overlay, args.key_type)
+    security.save_private_key(key_path, key)
+    security.save_certificates(cert_path, [cert])
+    _print_stdout(str(cert_path))
+    return EXIT_OK
+
+
+def _ca_issue(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    from reload import security
+
+    directory: Path = args.dir
+    ca_key = security.load_private_key(directory / "ca.key")
+    ca_cert = security.load_certificate(directory / "ca.pem")
+    overlay = security.overlay_of_ca(ca_cert)
+    registry_path = directory / "nodes.json"
+    registry: dict[str, list[str]] = (
+        json.loads(registry_path.read_text()) if registry_path.exists() else {}
+    )
+    if args.node_id:
+        node_ids: list[bytes] = list(args.node_id)
+        for user, ids in registry.items():
+            taken = {bytes.fromhex(i) for i in ids} & set(node_ids)
+            if user != args.user and taken:
+                raise UsageError(f"Node-ID {min(taken).hex()} is already issued to {user}")
+    else:
+        count = 1 if args.random_node_ids is None else args.random_node_ids
+        known = [bytes.fromhex(i) for i in registry.get(args.user, [])]
+        if len(known) == count and all(len(i) == args.node_id_length for i in known):
+            node_ids = known  # §11.3: a returning user gets the same Node-IDs
+        else:
+            node_ids = security.random_node_ids(count, args.node_id_length)
+    if args.days < 1:
+        raise UsageError("--days must be at least 1")
+    key = security.generate_private_key(args.key_type)
+    cert = security.issue_node_certificate(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        node_ids,
+        args.user,
+        overlay,
+        valid_for=datetime.timedelta(days=args.days),
+    )
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    security.save_private_key(out.with_name(out.name + ".key"), key)
+    security.save_certificates(out.with_name(out.name + ".pem"), [cert])
+    registry[args.user] = [n.hex() for n in node_ids]
+    registry_path.write_text(json.dumps(registry, indent=1, sort_keys=True) + "\n")
+    for node_id in node_ids:
+        _print_stdout(node_id.hex())
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     sys.exit(main())
