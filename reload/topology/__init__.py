@@ -1,0 +1,53 @@
+"""RELOAD topology plug-ins (RFC 6940 §3.2.1); CHORD-RELOAD (§10) is the mandatory one."""
+
+from __future__ import annotations
+
+from reload.topology.chord import (
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_UPDATE_INTERVAL,
+    SUCCESSOR_HOLD_DOWN,
+    AnswerJoin,
+    ChordAction,
+    ChordTable,
+    ChordTopology,
+    HandOver,
+    JoinCompleted,
+    JoinState,
+    Rejoin,
+    Replicate,
+    SendAttach,
+    SendJoin,
+    SendLeave,
+    SendUpdate,
+    TableChange,
+    add,
+    between,
+    distance,
+    finger_target,
+    resource_id,
+)
+
+__all__ = [
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_UPDATE_INTERVAL",
+    "SUCCESSOR_HOLD_DOWN",
+    "AnswerJoin",
+    "ChordAction",
+    "ChordTable",
+    "ChordTopology",
+    "HandOver",
+    "JoinCompleted",
+    "JoinState",
+    "Rejoin",
+    "Replicate",
+    "SendAttach",
+    "SendJoin",
+    "SendLeave",
+    "SendUpdate",
+    "TableChange",
+    "add",
+    "between",
+    "distance",
+    "finger_target",
+    "resource_id",
+]
