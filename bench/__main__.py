@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.common import machine_info
 
-BENCHMARKS = ("codec", "structures", "transfer", "tracker")
+BENCHMARKS = ("codec", "structures", "transfer", "tracker", "reload")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -7,10 +7,12 @@ forwarding header (fixed part, Via List, Destination List, forwarding options), 
 piece in the data after the forwarding header) and ``length`` (the size of *this* fragment).
 
 This module touches only the 38-byte fixed part of the forwarding header (§6.3.2), with
-``struct``: the fields it needs sit at fixed offsets, and a forwarding node refragmenting a
-message must not pay for a full decode. ``reload.wire`` is the normative definition of the
-header; the offsets below are the same fields, and the tests check them against it when it
-is available.
+``struct``, the documented fast path: the fields it needs sit at fixed offsets, and a
+forwarding node refragmenting a message must not pay for a full decode. ``reload.wire`` is
+the normative definition of the header; the offsets below are the same fields, and the
+property test ``test_fragment_fast_path_equals_the_normative_codec``
+(tests/test_reload_links.py) proves that what this module reads and rewrites agrees with
+``reload.wire.decode_forwarding_header`` on every header it builds.
 
 Reassembly is hostile-input code: buffers are bounded per message (``max_message_size``), in
 number of messages in progress and in total bytes; incomplete messages expire after the
@@ -25,14 +27,16 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+# relo_token and the unfragmented fragment field (§6.3.2) are the message model's.
+from reload.messages import FORWARDING_HEADER_SIZE
+from reload.messages import RELO_TOKEN as RELO_TOKEN
+from reload.messages import UNFRAGMENTED as UNFRAGMENTED
+
 log = logging.getLogger(__name__)
 
-#: §6.3.2: relo_token, "RELO" with the high bit set.
-RELO_TOKEN = 0xD2454C4F
-#: §6.3.2: size of the fixed part of the forwarding header.
-FIXED_HEADER_SIZE = 38
-#: §6.7: the fragment field of an unfragmented message (high bit, last fragment, offset 0).
-UNFRAGMENTED = 0xC0000000
+#: §6.3.2: size of the fixed part of the forwarding header (this module's name for it).
+FIXED_HEADER_SIZE = FORWARDING_HEADER_SIZE
+#: §6.7: the fragment field's high bit (always set), last-fragment bit and offset.
 FRAGMENT_HIGH_BIT = 0x80000000
 LAST_FRAGMENT_BIT = 0x40000000
 OFFSET_MASK = 0x00FFFFFF

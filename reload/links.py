@@ -17,8 +17,11 @@ Layers, bottom up, each sans-IO (bytes in, bytes out, time injected):
   :class:`LinkFailed` events; and thin asyncio adapters (``connect_dtls`` / ``serve_dtls`` /
   ``connect_tls`` / ``serve_tls``).
 
-The framing header is written here with ``struct`` (``reload.wire`` holds the normative
-Construct definition of FramedMessage; a property test proves the two byte-equal). Node-IDs
+The framing header is written here with ``struct``: the documented fast path, every data frame
+and ack of a link goes through it (DESIGN §3). ``reload.wire`` holds the normative Construct
+definition of FramedMessage; the frames are its model classes (``FramedData``, ``FramedAck``),
+and the property test ``test_framing_fast_path_equals_the_normative_codec``
+(tests/test_reload_links.py) proves encoder and decoder byte-equal to it on every frame. Node-IDs
 in certificates and the self-signed rules come from ``reload.security``. Links carry whole RELOAD
 messages as opaque bytes: decoding, signatures, fragmentation (``reload.fragments``) and
 end-to-end reliability (``reload.transactions``) are the node's business.
@@ -43,26 +46,26 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 
 from reload import security
+from reload.fragments import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
+from reload.messages import FramedAck, FramedData, FramedMessageType, OverlayLinkType
 
 log = logging.getLogger(__name__)
 
-#: OverlayLinkType values (§6.5.1.1, registry §14.10).
-LINK_TYPE_DTLS_UDP_SR_NO_ICE = 3
-LINK_TYPE_TLS_TCP_FH_NO_ICE = 4
-#: FramedMessageType (§6.6.2).
-FRAME_DATA = 128
-FRAME_ACK = 129
+#: OverlayLinkType values (§6.5.1.1, registry §14.10), the message model's.
+LINK_TYPE_DTLS_UDP_SR_NO_ICE = OverlayLinkType.DTLS_UDP_SR_NO_ICE
+LINK_TYPE_TLS_TCP_FH_NO_ICE = OverlayLinkType.TLS_TCP_FH_NO_ICE
+#: FramedMessageType (§6.6.2), the message model's.
+FRAME_DATA = FramedMessageType.DATA
+FRAME_ACK = FramedMessageType.ACK
 #: §6.6.2: message<0..2^24-1>.
 MAX_FRAMED_MESSAGE = (1 << 24) - 1
-#: §11.1 max-message-size default.
-DEFAULT_MAX_MESSAGE_SIZE = 5000
 #: DTLS record MTU (DESIGN §3); RELOAD fragments to fit (§6.7).
 DTLS_MTU = 1200
 #: §6.6.3.1 static RTO, retries, and the pause after an ack.
@@ -116,19 +119,11 @@ class LinkError(RuntimeError):
 # ------------------------------------------------------------------------- framing header
 
 
-@dataclass(frozen=True, slots=True)
-class DataFrame:
-    sequence: int
-    message: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AckFrame:
-    ack_sequence: int
-    received: int
-
-
-Frame = DataFrame | AckFrame
+#: The frames are the message model's FramedMessage classes (§6.6.2), under the names this
+#: module has always used for them.
+DataFrame = FramedData
+AckFrame = FramedAck
+Frame = FramedData | FramedAck
 
 
 def encode_data_frame(sequence: int, message: bytes) -> bytes:
@@ -903,8 +898,9 @@ class _DtlsProtocol(asyncio.DatagramProtocol):
         self.max_links = 1024
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # No isinstance check: CPython 3.11's selector datagram transport does not subclass
+        # asyncio.DatagramTransport (the assert used to fail in every DTLS socket's callback).
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def _write(self, link: Link) -> None:
         assert isinstance(link, DtlsLink)

@@ -18,16 +18,17 @@ message codec:
   period at the injected time, the Node-ID binding and the signature, and returns a
   :class:`VerifiedSigner` or raises :class:`SignatureError`.
 
-The small wire structures the signature input needs — SignerIdentity and Signature — have
-struct-based encoders here (:func:`encode_signer_identity`, :func:`encode_signature`,
-:func:`decode_signature`). They are byte-compatible with §6.3.4 and meant to be swapped for the
-normative Construct definitions of :mod:`reload.wire` once both exist.
+The wire structures the signature input needs — SignerIdentity and Signature — are encoded by
+the normative Construct definitions of :mod:`reload.wire` (:func:`encode_signer_identity` and
+:func:`encode_signature` are re-exported from there; :func:`decode_signature` reads one
+Signature off the front of a buffer with them).
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -38,20 +39,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from construct import ConstructError
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from reload import wire
 from reload.messages import (
     HashAlgorithm,
+    ReloadDecodeError,
+    ReloadEncodeError,
     Signature,
     SignatureAlgorithm,
     SignatureAndHashAlgorithm,
     SignerIdentity,
     SignerIdentityType,
 )
+from reload.wire import encode_signature as encode_signature
+from reload.wire import encode_signer_identity as encode_signer_identity
 
 __all__ = [
     "CertificateCache",
@@ -131,6 +138,8 @@ MAX_CERTIFICATES_PER_BLOCK: Final = 16
 MAX_NODE_IDS_PER_CERTIFICATE: Final = 64
 MAX_CHAIN_DEPTH: Final = 4
 MAX_SIGNATURE_SIZE: Final = 0xFFFF  # signature_value<0..2^16-1>
+#: certificates<0..2^16-1> of a SecurityBlock holding none (§6.3.4): :func:`decode_signature`.
+_EMPTY_CERTIFICATE_BUCKET: Final = b"\x00\x00"
 
 DEFAULT_CA_VALIDITY: Final = datetime.timedelta(days=3650)
 DEFAULT_NODE_VALIDITY: Final = datetime.timedelta(days=365)
@@ -603,65 +612,22 @@ def load_certificate(path: Path) -> x509.Certificate:
 # -- SignerIdentity and Signature (§6.3.4) ----------------------------------------------------
 
 
-def encode_signer_identity(identity: SignerIdentity) -> bytes:
-    """SignerIdentity on the wire: type(1) length(2) then hash_alg(1) hash<0..2^8-1> (or
-    nothing for ``none``). Swappable for :mod:`reload.wire`'s definition."""
-    if identity.identity_type == SignerIdentityType.NONE:
-        body = b""
-    else:
-        if len(identity.hash) > 0xFF:
-            raise SecurityError("certificate hash longer than 255 bytes")
-        body = bytes((int(identity.hash_alg), len(identity.hash))) + identity.hash
-    return struct.pack(">BH", int(identity.identity_type), len(body)) + body
-
-
-def encode_signature(signature: Signature) -> bytes:
-    """Signature on the wire (§6.3.4); swappable for :mod:`reload.wire`'s definition."""
-    if len(signature.signature_value) > MAX_SIGNATURE_SIZE:
-        raise SecurityError("signature_value longer than 65535 bytes")
-    algorithm = signature.algorithm
-    return (
-        bytes((algorithm.hash, algorithm.signature))
-        + encode_signer_identity(signature.identity)
-        + struct.pack(">H", len(signature.signature_value))
-        + signature.signature_value
-    )
-
-
 def decode_signature(data: bytes) -> tuple[Signature, int]:
-    """Parse a Signature at the start of ``data``: (signature, bytes consumed).
+    """Parse a Signature (§6.3.4) at the start of ``data``: (signature, bytes consumed).
 
-    Raises :class:`SignatureError` (``malformed``) for anything that is not one.
+    The bytes are read by :data:`reload.wire.SIGNATURE`; the model comes from
+    :func:`reload.wire.decode_security_block` over an empty certificate bucket and exactly
+    those bytes, so this module holds no second definition of the structure. Raises
+    :class:`SignatureError` (``malformed``) for anything that is not one.
     """
-    view = memoryview(data)
+    stream = io.BytesIO(bytes(data))
     try:
-        hash_code, sig_code, id_type, id_length = struct.unpack_from(">BBBH", view, 0)
-        offset = 5
-        body = bytes(view[offset : offset + id_length])
-        if len(body) != id_length:
-            raise SignatureError("malformed", "truncated SignerIdentity")
-        offset += id_length
-        identity_type = SignerIdentityType(id_type)
-        if identity_type == SignerIdentityType.NONE:
-            if body:
-                raise SignatureError("malformed", "SignerIdentity none with a value")
-            identity = SignerIdentity(identity_type)
-        else:
-            if len(body) < 2 or body[1] != len(body) - 2:
-                raise SignatureError("malformed", "SignerIdentity hash length mismatch")
-            identity = SignerIdentity(identity_type, body[0], body[2:])
-        (value_length,) = struct.unpack_from(">H", view, offset)
-        offset += 2
-        value = bytes(view[offset : offset + value_length])
-        if len(value) != value_length:
-            raise SignatureError("malformed", "truncated signature_value")
-        offset += value_length
-        signature = Signature(SignatureAndHashAlgorithm(hash_code, sig_code), identity, value)
-    except struct.error:
-        raise SignatureError("malformed", "truncated Signature") from None
-    except ValueError as exc:  # unknown SignerIdentityType
+        wire.SIGNATURE.parse_stream(stream)
+        used = stream.tell()
+        block = wire.decode_security_block(_EMPTY_CERTIFICATE_BUCKET + bytes(data[:used]))
+    except (ConstructError, ReloadDecodeError) as exc:
         raise SignatureError("malformed", str(exc)) from None
-    return signature, offset
+    return block.signature, used
 
 
 # -- signature inputs (§6.3.4, §7.1) --------------------------------------------------------
@@ -980,7 +946,10 @@ class Verifier:
 
     @staticmethod
     def _check_signature(cert: x509.Certificate, data: bytes, signature: Signature) -> None:
-        to_verify = data + encode_signer_identity(signature.identity)
+        try:
+            to_verify = data + encode_signer_identity(signature.identity)
+        except ReloadEncodeError as exc:  # a hand-built identity the wire cannot carry
+            raise SignatureError("malformed", str(exc)) from None
         if signature.algorithm.hash != HashAlgorithm.SHA256:
             raise SignatureError("unsupported-algorithm", "only SHA-256 signatures")
         key = cert.public_key()

@@ -12,18 +12,65 @@ Two halves of the same rule:
   simplest way to give one, and the only safe one for Store).
 
 The error helpers return ``(error_code, error_info)`` pairs for an ErrorResponse
-(``error_code(2) + error_info<0..2^16-1>``); the node encodes and signs them with
-``reload.wire``. Time is injected everywhere (seconds, any monotonic origin).
+(``error_code(2) + error_info<0..2^16-1>``). The checks a node makes on a received message
+return the decoded message or an :class:`ErrorReply` with the RFC's error:
+
+* :func:`check_request` — at the destination: max-message-size (§6.6), version and TTL
+  (§6.3.2), configuration sequence (§6.3.2.1), decoding (unknown Kinds, §7.4.1.2), the
+  message signature (§6.3.4), critical options and extensions (§6.3.2.3, §6.3.3), and for a
+  Store the StoredData signatures and the access control policy (§7.4.1.1, §7.3);
+* :func:`check_forwarding` — on the path: size, version and the TTL rule of §6.3.2;
+* :func:`build_error_response` turns the refusal into a signed ErrorResponse addressed back
+  along the reversed Via List (§6.3.3.1).
+
+Time is injected everywhere (seconds, any monotonic origin; certificate validity at a
+``datetime``).
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import logging
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Generic, TypeVar
+
+from reload import config, wire
+from reload.access import ResourceIdFunction, check_access, chord_resource_id
+from reload.messages import (
+    RELOAD_VERSION,
+    ArrayEntry,
+    CertificateType,
+    DataModel,
+    DictionaryEntry,
+    ErrorResponse,
+    FindReq,
+    ForwardingHeader,
+    ForwardingOptionFlag,
+    GenericCertificate,
+    Message,
+    MessageCode,
+    MessageContents,
+    ReloadDecodeError,
+    SecurityBlock,
+    StoreReq,
+    UnknownKindError,
+)
+
+# ErrorCode is the message model's (§6.3.3.1); re-exported for callers of this module.
+from reload.messages import ErrorCode as ErrorCode
+from reload.security import (
+    SignatureError,
+    Signer,
+    VerifiedSigner,
+    Verifier,
+    message_signature_prefix,
+    stored_data_signature_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +89,6 @@ MAX_ERROR_INFO = 0xFFFF
 MAX_UNKNOWN_KINDS = 0xFF // 4
 
 C = TypeVar("C")
-
-
-class ErrorCode(IntEnum):
-    """RELOAD error codes (§6.3.3.1, registry §14.9)."""
-
-    FORBIDDEN = 0x02
-    NOT_FOUND = 0x03
-    REQUEST_TIMEOUT = 0x04
-    GENERATION_COUNTER_TOO_LOW = 0x05
-    INCOMPATIBLE_WITH_OVERLAY = 0x06
-    UNSUPPORTED_FORWARDING_OPTION = 0x07
-    DATA_TOO_LARGE = 0x08
-    DATA_TOO_OLD = 0x09
-    TTL_EXCEEDED = 0x0A
-    MESSAGE_TOO_LARGE = 0x0B
-    UNKNOWN_KIND = 0x0C
-    UNKNOWN_EXTENSION = 0x0D
-    RESPONSE_TOO_LARGE = 0x0E
-    CONFIG_TOO_OLD = 0x0F
-    CONFIG_TOO_NEW = 0x10
-    IN_PROGRESS = 0x11
-    EXP_A = 0x12
-    EXP_B = 0x13
-    INVALID_MESSAGE = 0x14
 
 
 #: An ErrorResponse body before encoding: (error_code, error_info).
@@ -273,15 +296,16 @@ def check_configuration_sequence(
 ) -> ErrorInfo | None:
     """§6.3.2.1: the request's configuration_sequence must equal ours.
 
-    Comparison is modulo 2^16 "as in TCP"; 65535 on a ConfigUpdate is always accepted. An
-    older sequence gets Error_Config_Too_Old (and the node MUST also send a ConfigUpdate),
-    a newer one Error_Config_Too_New.
+    The rule itself (mod-65535 serial arithmetic "as in TCP", 65535 accepted on a
+    ConfigUpdate and too old anywhere else) is :func:`reload.config.check_sequence`; this
+    turns its verdict into an ErrorResponse body. An older sequence gets
+    Error_Config_Too_Old (and the node MUST also send a ConfigUpdate), a newer one
+    Error_Config_Too_New.
     """
-    received &= 0xFFFF
-    own &= 0xFFFF
-    if received == own or (received == 0xFFFF and is_config_update):
+    verdict = config.check_sequence(own & 0xFFFF, received & 0xFFFF, is_config_update)
+    if verdict is None:
         return None
-    if (received - own) & 0xFFFF >= 0x8000:
+    if verdict == config.ConfigErrorCode.CONFIG_TOO_OLD:
         return ErrorCode.CONFIG_TOO_OLD, _info(f"configuration sequence {received} < {own}")
     return ErrorCode.CONFIG_TOO_NEW, _info(f"configuration sequence {received} > {own}")
 
@@ -320,3 +344,326 @@ def parse_unknown_kinds(error_info: bytes) -> list[int]:
     if not error_info or error_info[0] % 4 or len(error_info) != 1 + error_info[0]:
         raise ValueError("malformed unknown_kinds list")
     return list(struct.unpack(f"!{error_info[0] // 4}I", error_info[1:]))
+
+
+# ------------------------------------------------------------- checks on a received message
+
+
+def overlay_hash(overlay_name: str) -> int:
+    """The forwarding header's ``overlay`` field (§6.3.2): the lower 32 bits of the SHA-1 hash
+    of the overlay name (the last four bytes of the big-endian digest)."""
+    return int.from_bytes(hashlib.sha1(overlay_name.encode()).digest()[-4:], "big")
+
+
+@dataclass(frozen=True, slots=True)
+class KindRules:
+    """What the checks need of one Kind the overlay configuration declares (§11.1 kind-block):
+    its data model (§7.2, for decoding) and access control policy (§7.3, for Store)."""
+
+    data_model: DataModel
+    access_control: str
+    max_node_multiple: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckParams:
+    """The overlay parameters a received message is checked against (§6.3.2, §11.1).
+
+    ``kinds`` are the Kinds this node knows: any other Kind-ID in a request is
+    Error_Unknown_Kind (§7.4.1.2). ``resource_id_function`` is the overlay's hash for the
+    access control policies (§7.3; CHORD-RELOAD's by default).
+    """
+
+    overlay: int
+    configuration_sequence: int
+    max_message_size: int = 5000
+    node_id_length: int = 16
+    initial_ttl: int = 100
+    kinds: Mapping[int, KindRules] = field(default_factory=dict)
+    resource_id_function: ResourceIdFunction = chord_resource_id
+
+    def __post_init__(self) -> None:
+        # §6.3.2.1: 65535 is the ConfigUpdate wildcard, never a configuration's own sequence.
+        if not 0 <= self.configuration_sequence < config.SEQUENCE_WILDCARD:
+            raise ValueError(f"configuration sequence {self.configuration_sequence} not 0-65534")
+
+    @classmethod
+    def from_configuration(cls, configuration: config.OverlayConfiguration) -> CheckParams:
+        """The parameters of an overlay configuration; kinds whose data model is not one of
+        §7.2's (an extension) are left out, so requests naming them are Error_Unknown_Kind."""
+        kinds: dict[int, KindRules] = {}
+        for kind in configuration.kinds:
+            kind_id = kind.resolved_kind_id()
+            if kind_id is None or kind.data_model not in DataModel.__members__:
+                continue
+            kinds[kind_id] = KindRules(
+                DataModel(kind.data_model), kind.access_control, kind.max_node_multiple
+            )
+        return cls(
+            overlay=overlay_hash(configuration.instance_name),
+            configuration_sequence=configuration.sequence,
+            max_message_size=configuration.max_message_size,
+            node_id_length=configuration.node_id_length,
+            initial_ttl=configuration.initial_ttl,
+            kinds=kinds,
+        )
+
+    @property
+    def data_models(self) -> dict[int, DataModel]:
+        return {kind: rules.data_model for kind, rules in self.kinds.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A received message refused, and the ErrorResponse (§6.3.3.1) that answers it.
+
+    ``header`` is the refused message's forwarding header when it could be read (what
+    :func:`build_error_response` needs to address the answer); without it there is no one to
+    answer and the message is only dropped. ``close_link`` is set for Error_Message_Too_Large
+    (§6.6: send the error, then close the link). ``discard`` is set where the RFC advises
+    dropping the message without an answer (§6.3.4: a signature that fails; §6.3.2.2: an
+    unknown type in a select); the error is what a node that does answer sends.
+    """
+
+    code: ErrorCode
+    info: bytes
+    reason: str
+    header: ForwardingHeader | None = None
+    close_link: bool = False
+    discard: bool = False
+
+
+def _reply(
+    error: ErrorInfo, header: ForwardingHeader | None, reason: str = "", **flags: bool
+) -> ErrorReply:
+    code, info = error
+    return ErrorReply(code, info, reason or info.decode(errors="replace"), header, **flags)
+
+
+def _check_header(
+    raw: bytes, params: CheckParams, *, forwarding: bool
+) -> tuple[ForwardingHeader, int] | ErrorReply:
+    """The checks a node makes on the forwarding header alone, in the order of §6.6 and
+    §6.3.2: size, header, version, TTL. Returns the header and where the contents start."""
+    header: ForwardingHeader | None
+    start, header_error = 0, ""
+    try:
+        header, start = wire.decode_forwarding_header(raw, params.node_id_length)
+    except ReloadDecodeError as exc:
+        header, header_error = None, str(exc)
+    if len(raw) > params.max_message_size:
+        # §6.6: Error_Message_Too_Large, then close the link; the header (if it is one) says
+        # whom to answer.
+        return _reply(message_too_large(len(raw), params.max_message_size), header, close_link=True)
+    if header is None:
+        # Not a forwarding header: nobody to answer (§6.3.2.2: discard).
+        return _reply((ErrorCode.INVALID_MESSAGE, _info(header_error)), None, discard=True)
+    if header.version != RELOAD_VERSION:
+        # §6.3.2: "Nodes MUST reject messages with other versions"; no code is named, and
+        # Error_Invalid_Message is the one for "invalid, but it does not fit the others".
+        text = f"version {header.version:#04x} is not {RELOAD_VERSION:#04x}"
+        return _reply((ErrorCode.INVALID_MESSAGE, _info(text)), header)
+    if header.ttl > params.initial_ttl:
+        # §6.3.2: a TTL above initial-ttl MUST be discarded with Error_TTL_Exceeded.
+        text = f"TTL {header.ttl} > initial-ttl {params.initial_ttl}"
+        return _reply((ErrorCode.TTL_EXCEEDED, _info(text)), header)
+    if forwarding:
+        error = check_ttl(header.ttl)
+        if error is not None:
+            return _reply(error, header)
+    return header, start
+
+
+def check_forwarding(raw: bytes, params: CheckParams) -> ForwardingHeader | ErrorReply:
+    """Check a message this node would forward (it is not on the Destination List's head).
+
+    §6.3.2: size (Error_Message_Too_Large, §6.6), forwarding header, version, and the TTL: a
+    message that arrives with TTL 0 and is not for this node, or with a TTL above
+    initial-ttl, is not propagated and gets Error_TTL_Exceeded. Intermediate nodes neither
+    decode the contents nor verify signatures (§6.3.4).
+    """
+    checked = _check_header(raw, params, forwarding=True)
+    return checked if isinstance(checked, ErrorReply) else checked[0]
+
+
+def check_request(
+    raw: bytes,
+    params: CheckParams,
+    verifier: Verifier,
+    *,
+    now: datetime.datetime | None = None,
+) -> Message | ErrorReply:
+    """Check a whole (reassembled) message addressed to this node; the decoded message, or
+    the error to answer with. The checks run in this order:
+
+    1. size (Error_Message_Too_Large, close the link, §6.6); forwarding header readable;
+       version 0x0a (§6.3.2); TTL not above initial-ttl (Error_TTL_Exceeded, §6.3.2; a TTL
+       of 0 is fine at the destination, see :func:`check_forwarding`);
+    2. for a request, configuration_sequence equal to ours (Error_Config_Too_Old/New,
+       §6.3.2.1; 65535 on a ConfigUpdate passes);
+    3. decode (Error_Unknown_Kind with the Kind-ID for a Store/Fetch/Stat naming a Kind we do
+       not know, §7.4.1.2 — the data model is needed to decode, so this comes before the
+       signature; Error_Invalid_Message for anything else malformed);
+    4. the message signature over ``overlay ‖ transaction_id ‖ MessageContents ‖
+       SignerIdentity`` by ``verifier`` at ``now`` (Error_Forbidden, §6.3.4);
+    5. critical forwarding options (Error_Unsupported_Forwarding_Option, §6.3.2.3) and
+       critical message extensions (Error_Unknown_Extension, §6.3.3): we support none;
+    6. Find naming an unknown Kind: Error_Unknown_Kind listing all of them (§7.4.1.2);
+    7. Store (§7.4.1.1): each StoredData signature (§7.1) and the Kind's access control
+       policy for its signer and, for an original store, the StoreReq's signer (§7.3):
+       Error_Forbidden.
+    """
+    checked = _check_header(raw, params, forwarding=False)
+    if isinstance(checked, ErrorReply):
+        return checked
+    header, start = checked
+    code = int.from_bytes(raw[start : start + 2], "big")  # MessageContents.message_code
+    is_request = code != MessageCode.ERROR and code % 2 == 1
+    if is_request:
+        error = check_configuration_sequence(
+            header.configuration_sequence,
+            params.configuration_sequence,
+            is_config_update=code == MessageCode.CONFIG_UPDATE_REQ,
+        )
+        if error is not None:
+            return _reply(error, header)
+    try:
+        message = wire.decode_message(raw, params.node_id_length, params.data_models)
+    except UnknownKindError as exc:
+        return _reply(unknown_kind(list(exc.kinds)), header, str(exc))
+    except ReloadDecodeError as exc:
+        return _reply((ErrorCode.INVALID_MESSAGE, _info(str(exc))), header, discard=True)
+    block = message.security_block
+    bucket = [c.certificate for c in block.certificates if c.type == CertificateType.X509]
+    # §6.3.4: the signature covers the MessageContents as received: the bytes between the
+    # forwarding header and the security block.
+    contents = raw[start : len(raw) - len(wire.encode_security_block(block))]
+    signed = message_signature_prefix(header.overlay, header.transaction_id, contents)
+    try:
+        signer = verifier.verify(signed, block.signature, bucket, now=now)
+    except SignatureError as exc:
+        return _reply(bad_signature(f"message signature: {exc}"), header, discard=True)
+    if not is_request:
+        return message
+    return _check_semantics(message, signer, params, verifier, bucket, now) or message
+
+
+def _check_semantics(
+    message: Message,
+    signer: VerifiedSigner,
+    params: CheckParams,
+    verifier: Verifier,
+    bucket: Sequence[bytes],
+    now: datetime.datetime | None,
+) -> ErrorReply | None:
+    """Steps 5-7 of :func:`check_request`, on a decoded request whose signature verified."""
+    header, contents = message.header, message.contents
+    critical = ForwardingOptionFlag.FORWARD_CRITICAL | ForwardingOptionFlag.DESTINATION_CRITICAL
+    for option in header.options:
+        if option.flags & critical:
+            # §6.3.2.3: no forwarding option is defined, so a critical one is unsupported.
+            text = f"critical forwarding option type {option.type}"
+            return _reply((ErrorCode.UNSUPPORTED_FORWARDING_OPTION, _info(text)), header)
+    for extension in contents.extensions:
+        if extension.critical:
+            # §6.3.3: a critical extension the recipient does not understand.
+            text = f"critical extension type {extension.type}"
+            return _reply((ErrorCode.UNKNOWN_EXTENSION, _info(text)), header)
+    body = contents.body
+    if isinstance(body, FindReq):
+        unknown = [kind for kind in body.kinds if kind not in params.kinds]
+        if unknown:
+            return _reply(unknown_kind(unknown), header, f"unknown Kind-IDs {unknown}")
+    if isinstance(body, StoreReq):
+        return _check_store(body, header, signer, params, verifier, bucket, now)
+    return None
+
+
+def _check_store(
+    body: StoreReq,
+    header: ForwardingHeader,
+    signer: VerifiedSigner,
+    params: CheckParams,
+    verifier: Verifier,
+    bucket: Sequence[bytes],
+    now: datetime.datetime | None,
+) -> ErrorReply | None:
+    """§7.4.1.1: every StoredData signature is valid (§7.1), and its signer — and, for an
+    original store (replica_number 0), the StoreReq's signer — may write this Kind at this
+    Resource-ID under the Kind's access control policy (§7.3). Else Error_Forbidden."""
+    for kind_data in body.kind_data:
+        rules = params.kinds.get(kind_data.kind)
+        if rules is None:  # the decoder knew its data model from elsewhere
+            return _reply(unknown_kind([kind_data.kind]), header)
+        for stored in kind_data.values:
+            value = stored.value
+            # §7.4.2.1: an array index is set to zero before the signature is computed.
+            signed_value = ArrayEntry(0, value.value) if isinstance(value, ArrayEntry) else value
+            signed = stored_data_signature_prefix(
+                body.resource,
+                kind_data.kind,
+                stored.storage_time,
+                wire.encode_stored_data_value(signed_value),
+            )
+            try:
+                value_signer = verifier.verify(signed, stored.signature, bucket, now=now)
+            except SignatureError as exc:
+                return _reply(forbidden_store(f"StoredData signature: {exc}"), header)
+            key = value.key if isinstance(value, DictionaryEntry) else None
+            signers = [value_signer] if body.replica_number else [value_signer, signer]
+            for who in signers:
+                decision = check_access(
+                    rules.access_control,
+                    body.resource,
+                    who,
+                    resource_id_function=params.resource_id_function,
+                    dictionary_key=key,
+                    max_node_multiple=rules.max_node_multiple,
+                )
+                if not decision:
+                    return _reply(forbidden_store(decision.reason), header)
+    return None
+
+
+def build_error_response(
+    request: Message | ForwardingHeader,
+    code: ErrorCode | int,
+    info: bytes,
+    signer: Signer,
+    *,
+    ttl: int = 100,
+    configuration_sequence: int | None = None,
+    node_id_length: int = 16,
+) -> bytes:
+    """A signed ErrorResponse (§6.3.3.1) answering ``request`` (the message, or only its
+    forwarding header when that is all that could be read), on the wire.
+
+    The answer keeps the transaction ID and overlay; its Destination List is the request's
+    Via List reversed (§6.3.3.1, §6.2.2: responses retrace the request's path) and its Via
+    List is empty. ``configuration_sequence`` is ours (default: the request's); ``ttl`` the
+    overlay's initial-ttl. The signature is ``signer``'s over ``overlay ‖ transaction_id ‖
+    MessageContents ‖ SignerIdentity`` (§6.3.4), its certificate in the bucket.
+    """
+    header = request.header if isinstance(request, Message) else request
+    if len(info) > MAX_ERROR_INFO:
+        raise ValueError(f"error_info of {len(info)} bytes > {MAX_ERROR_INFO}")
+    answer_header = ForwardingHeader(
+        overlay=header.overlay,
+        configuration_sequence=(
+            header.configuration_sequence
+            if configuration_sequence is None
+            else configuration_sequence
+        ),
+        ttl=ttl,
+        transaction_id=header.transaction_id,
+        destination_list=tuple(reversed(header.via_list)),
+    )
+    contents = MessageContents(ErrorResponse(int(code), info))
+    signed = message_signature_prefix(
+        header.overlay, header.transaction_id, wire.encode_contents(contents, node_id_length)
+    )
+    block = SecurityBlock(
+        tuple(GenericCertificate(CertificateType.X509, der) for der in signer.certificates),
+        signer.sign(signed),
+    )
+    return wire.encode_message(Message(answer_header, contents, block), node_id_length)

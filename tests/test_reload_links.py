@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import random
@@ -806,9 +807,14 @@ def test_fragments_decode_with_the_normative_codec() -> None:
     st.one_of(
         st.builds(DataFrame, st.integers(0, 2**32 - 1), st.binary(max_size=300)),
         st.builds(AckFrame, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
-    )
+    ),
+    st.binary(max_size=16),
 )
-def test_framing_matches_the_normative_codec(frame: DataFrame | AckFrame) -> None:
+def test_framing_fast_path_equals_the_normative_codec(
+    frame: DataFrame | AckFrame, tail: bytes
+) -> None:
+    """The struct framing of reload.links (the fast path) is byte-equal to reload.wire's
+    Construct FramedMessage (§6.6.2) both ways, and cuts a stream where wire.framed_size does."""
     ours = (
         encode_data_frame(frame.sequence, frame.message)
         if isinstance(frame, DataFrame)
@@ -820,7 +826,60 @@ def test_framing_matches_the_normative_codec(frame: DataFrame | AckFrame) -> Non
         else FramedAck(frame.ack_sequence, frame.received)
     )
     assert ours == theirs
-    assert decode_frame(theirs) == frame
+    assert decode_frame(theirs) == frame == reload_wire.decode_framing(ours)
+    assert decode_frame_prefix(ours + tail) == (frame, reload_wire.framed_size(ours + tail))
+
+
+_DESTINATIONS = st.lists(
+    st.builds(NodeDestination, st.binary(min_size=16, max_size=16)), max_size=4
+)
+
+
+@FUZZ
+@given(
+    st.builds(
+        ForwardingHeader,
+        overlay=st.integers(0, 2**32 - 1),
+        configuration_sequence=st.integers(0, 2**16 - 1),
+        ttl=st.integers(0, 255),
+        transaction_id=st.integers(0, 2**64 - 1),
+        max_response_length=st.integers(0, 2**32 - 1),
+        via_list=_DESTINATIONS.map(tuple),
+        destination_list=_DESTINATIONS.map(tuple),
+    ),
+    st.integers(0, 4000),
+    st.sampled_from([576, 1200, 1500]),
+)
+def test_fragment_fast_path_equals_the_normative_codec(
+    header: ForwardingHeader, body_size: int, mtu: int
+) -> None:
+    """reload.fragments reads and rewrites the §6.3.2 fixed header with struct (the fast path);
+    on any header reload.wire builds, what it reads equals wire's decode, and every fragment it
+    writes decodes with wire to the same header but for the fragment and length fields."""
+    body = bytes(i & 0xFF for i in range(body_size))
+    msg = reload_wire.encode_forwarding_header(header, len(body)) + body
+    decoded, start = reload_wire.decode_forwarding_header(msg)
+    info = parse_fragment_info(msg)
+    assert (info.transaction_id, info.length, info.header_length) == (
+        decoded.transaction_id,
+        len(msg),
+        start,
+    )
+    assert info.is_whole and not decoded.is_fragment
+    pieces = fragment(msg, mtu)
+    offset = 0
+    for piece in pieces:
+        piece_header, piece_start = reload_wire.decode_forwarding_header(piece)
+        piece_info = parse_fragment_info(piece)
+        assert piece_start == start and piece_info.offset == offset
+        assert piece_header.fragment == (
+            0x80000000 | (0x40000000 if piece_info.is_last else 0) | offset
+        )
+        assert dataclasses.replace(piece_header, fragment=header.fragment) == header
+        offset += len(piece) - start
+    assert offset == len(body) and parse_fragment_info(pieces[-1]).is_last
+    reassembler = Reassembler(max_message_size=len(msg))
+    assert [reassembler.receive(p, 0.0) for p in pieces][-1] == msg
 
 
 def test_small_message_is_not_fragmented() -> None:

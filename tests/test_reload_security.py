@@ -701,27 +701,6 @@ def test_signature_round_trip(identity_type: int, alg: int, digest: bytes, value
     assert security.decode_signature(encoded) == (signature, len(encoded))
 
 
-@FUZZ
-@given(
-    st.sampled_from([1, 2, 3]),
-    st.sampled_from(list(HashAlgorithm)),
-    st.binary(max_size=64),
-    st.binary(max_size=300),
-)
-def test_struct_encoders_equal_the_normative_wire_codec(
-    identity_type: int, alg: int, digest: bytes, value: bytes
-) -> None:
-    """Our struct encoders are byte-equal to reload.wire's Construct definitions, so either can
-    serve (the module docstring promises they can be swapped)."""
-    wire = pytest.importorskip("reload.wire")
-    identity = (
-        SignerIdentity(3) if identity_type == 3 else SignerIdentity(identity_type, alg, digest)
-    )
-    signature = security.Signature(security.SignatureAndHashAlgorithm(4, 1), identity, value)
-    assert security.encode_signer_identity(identity) == wire.encode_signer_identity(identity)
-    assert security.encode_signature(signature) == wire.encode_signature(signature)
-
-
 # -- certificate parsing fuzz --------------------------------------------------------------
 
 
