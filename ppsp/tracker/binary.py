@@ -19,6 +19,12 @@ slow for 20,000 FIND/s or a 10,000-swarm batch in 100 ms); ``tests/test_tracker_
 proves the two byte-equal with hypothesis, errors included. Both share every check that is not
 about byte layout (IDs, enums, counts, required and repeated TLVs), so they cannot drift there.
 
+A tracker answers the same few peers over and over, so the fast codec also remembers: IDs and
+addresses by their (immutable) strings, always; whole PEER_INFO TLVs by object identity
+(:class:`EncodeMemo`) and whole requests by their bytes (:class:`DecodeMemo`) when a caller
+that never mutates those objects asks for it. Either way the bytes and messages are the same
+(``tests/test_tracker_perf.py``).
+
 DESIGN §3 Construct traps: every Switch ends in ``Error`` except that a TLV type with the
 optional bit set is skipped (§"TLV format" of the document says so); each sequence of TLVs is
 a ``GreedyRange`` followed by ``Terminated`` (or sits in an :class:`Exact` value), so a
@@ -103,11 +109,14 @@ __all__ = [
     "ERROR_METHODS",
     "HEADER",
     "HEADER_SIZE",
+    "HEADER_STRUCT",
     "MAX_MESSAGE",
     "MESSAGE",
     "RESPONSE_ERRORS",
     "TOKEN",
     "UNFRAGMENTED",
+    "DecodeMemo",
+    "EncodeMemo",
     "Header",
     "Method",
     "Reassembler",
@@ -579,7 +588,21 @@ def _present(present: int, known: int, what: str) -> None:
         raise _bad(f"unknown bits {present & ~known:#04x} in the {what} present octet")
 
 
+#: Wire forms already computed, by the string they were computed from: a string is immutable,
+#: so an entry never goes stale. A tracker lists the same few thousand peers and swarms over
+#: and over; parsing their addresses (``ipaddress``) and IDs again for every answer cost more
+#: than the rest of the encoding. Bounded: emptied when full; long IDs are not kept.
+_CACHE_ENTRIES: Final = 8192
+_CACHE_MAX_ID: Final = 256
+_ADDRESS_CACHE: dict[str, tuple[int, bytes]] = {}
+_ID_CACHE: dict[str, bytes] = {}  # ID string → its wire form (prefix and value)
+_ID_STRINGS: dict[bytes, str] = {}  # the other way round
+
+
 def _address_wire(ip: str) -> tuple[int, bytes]:
+    cached = _ADDRESS_CACHE.get(ip) if type(ip) is str else None
+    if cached is not None:
+        return cached
     if not isinstance(ip, str):
         raise TrackerError(f"an IP address must be a string, not {ip!r}")
     try:
@@ -588,7 +611,12 @@ def _address_wire(ip: str) -> tuple[int, bytes]:
         raise TrackerError(f"{ip!r} is not an IP address") from None
     if getattr(address, "scope_id", None):
         raise TrackerError(f"{ip!r}: a scoped address has no wire form")
-    return address.version, address.packed
+    wire = (address.version, address.packed)
+    if type(ip) is str:
+        if len(_ADDRESS_CACHE) >= _CACHE_ENTRIES:
+            _ADDRESS_CACHE.clear()
+        _ADDRESS_CACHE[ip] = wire
+    return wire
 
 
 def _address_from(raw: bytes) -> str:
@@ -894,7 +922,7 @@ def _response_method(msg: Response) -> int:
         raise TrackerError(
             f"response_type {msg.response_type!r} with error_code {msg.error_code!r}"
         )
-    return ERROR_METHODS[ErrorCode(msg.error_code)]
+    return ERROR_METHODS[msg.error_code]  # a member, or equal to one: the same key
 
 
 def _response_items(msg: Response) -> list[_Item]:
@@ -1192,6 +1220,9 @@ def parse(data: bytes) -> Message:
 # ---------------------------------------------------------------------------------------------
 
 _HEADER = struct.Struct(">IBBHQII")
+#: :data:`HEADER` as a ``struct`` layout (token, version, reserved, method, transaction ID,
+#: fragment, length), for a receiver's hot path that looks at the header before anything else.
+HEADER_STRUCT: Final = _HEADER
 _TLV = struct.Struct(">HI")
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -1200,6 +1231,8 @@ _U64 = struct.Struct(">Q")
 _BB = struct.Struct(">BB")
 _BBH = struct.Struct(">BBH")
 _PEER_NUM_HEAD = struct.Struct(">IB")
+_RANGE32 = struct.Struct(">II")
+_RANGE64 = struct.Struct(">QQ")
 _PORT_PRIORITY_PRESENT = struct.Struct(">HIB")
 _STATS = struct.Struct(">QQQI")
 _HINT = struct.Struct(">BIQQd")
@@ -1221,8 +1254,16 @@ def _range_struct(count: int, wide: bool) -> struct.Struct:
 
 
 def _e_id(value: str) -> bytes:
+    cached = _ID_CACHE.get(value) if type(value) is str else None
+    if cached is not None:
+        return cached
     prefix, raw = _id_wire(value)
-    return _U16.pack(prefix) + raw
+    wire = _U16.pack(prefix) + raw
+    if type(value) is str and len(value) <= _CACHE_MAX_ID:
+        if len(_ID_CACHE) >= _CACHE_ENTRIES:
+            _ID_CACHE.clear()
+        _ID_CACHE[value] = wire
+    return wire
 
 
 def _e_ranges(ranges: Sequence[tuple[int, int]]) -> bytes:
@@ -1296,6 +1337,82 @@ def _e_swarm_result(r: SwarmResult) -> bytes:
     flags, items = _result_flags(r)
     head = _BB.pack(_code(_RESULT_CODES, r.result, "result"), flags)
     return head + _e_id(r.swarm_id) + _e_tlvs(items)
+
+
+class EncodeMemo:
+    """Whole PEER_INFO and PEER_ADDR TLVs of model objects, kept by object identity, so that
+    :func:`encode` (keyword ``memo``) builds each only once: a tracker answers FIND after FIND
+    with the same few peers, and their PEER_INFO TLVs were most of the work of an answer.
+
+    Only for objects that are never mutated once encoded, as the peer lists and reflexive
+    addresses in a :class:`~ppsp.tracker.state.Tracker`'s responses (it makes a new object
+    whenever a peer changes, and its responses are read-only): a mutated object would keep its
+    old bytes. The memo holds a reference to every object it has bytes for, so no other object
+    can have that identity meanwhile (two live objects never share one). At most
+    ``max_entries`` entries; all are dropped when it is full (the live ones come back at their
+    next use).
+    """
+
+    __slots__ = ("_held", "_wire", "max_entries")
+
+    def __init__(self, max_entries: int = 65_536) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._wire: dict[int, bytes] = {}  # id → TLV; looked up with no Python per entry
+        self._held: dict[int, object] = {}  # id → the object, kept alive
+
+    def __len__(self) -> int:
+        return len(self._wire)
+
+    def clear(self) -> None:
+        self._wire.clear()
+        self._held.clear()
+
+    def tlv(self, t: int, value: PeerInfo | PeerAddress) -> bytes:
+        """The whole TLV (header included) of type ``t`` carrying ``value``."""
+        wire = self._wire.get(id(value))
+        if wire is not None:
+            return wire
+        body = _TO_VALUE[t](value)
+        wire = _TLV.pack(t, len(body)) + body
+        if len(self._wire) >= self.max_entries:
+            self.clear()
+        self._wire[id(value)] = wire
+        self._held[id(value)] = value
+        return wire
+
+
+def _e_response_memo(msg: Response, memo: EncodeMemo) -> bytes:
+    """The body of ``msg`` as ``_e_tlvs(_response_items(msg))`` writes it (same checks in the
+    same order, so the same errors), with PEER_INFO and PEER_ADDR TLVs from ``memo``."""
+    tlv = memo.tlv
+    lookup = memo._wire.get
+    out: list[bytes] = []
+    if msg.peer_address is not None:
+        out.append(tlv(_PEER_ADDR, msg.peer_address))
+    for r in msg.swarm_results:
+        peers = r.peers
+        if peers is None:
+            value = _e_swarm_result(r)
+        else:
+            _limit(peers, MAX_PEERS, "peers in one swarm result")
+            head = _BB.pack(_code(_RESULT_CODES, r.result, "result"), _PEER_GROUP)
+            parts = [head, _e_id(r.swarm_id)]
+            for p in peers:
+                wire = lookup(id(p))
+                parts.append(wire if wire is not None else tlv(_PEER_INFO, p))
+            value = b"".join(parts)
+        out.append(_TLV.pack(_SWARM_RESULT, len(value)))
+        out.append(value)
+    if msg.push_hints or msg.global_info:
+        out.append(
+            _e_tlvs(
+                [(_PUSH_HINT, h) for h in msg.push_hints]
+                + [(_POPULARITY, p) for p in msg.global_info]
+            )
+        )
+    return b"".join(out)
 
 
 def _e_peer_info(p: PeerInfo) -> bytes:
@@ -1372,6 +1489,11 @@ def _d_ranges(data: bytes, p: int, end: int) -> tuple[list[tuple[int, int]], int
         raise _truncated("range list")
     if not count:
         return [], q
+    if count == 1:  # the common case, without _ranges_from's pairing
+        start, stop = (_RANGE64 if wide else _RANGE32).unpack_from(data, p + 2)
+        if start > stop:
+            raise _bad(f"chunk range {start}..{stop} ends before it starts")
+        return [(start, stop)], q
     return _ranges_from(_range_struct(count, wide).unpack_from(data, p + 2)), q
 
 
@@ -1390,8 +1512,18 @@ def _exact(q: int, end: int, what: str) -> None:
 
 
 def _whole_id(data: bytes, p: int, end: int) -> str:
+    # A PEER_ID or SWARM_ID TLV: the same few IDs arrive again and again, and bytes that
+    # decoded once decode the same way again (_ID_CACHE's reasoning, the other way round).
+    wire = data[p:end]
+    value = _ID_STRINGS.get(wire)
+    if value is not None:
+        return value
     value, q = _d_id(data, p, end)
     _exact(q, end, "ID")
+    if len(wire) <= _CACHE_MAX_ID:
+        if len(_ID_STRINGS) >= _CACHE_ENTRIES:
+            _ID_STRINGS.clear()
+        _ID_STRINGS[wire] = value
     return value
 
 
@@ -1422,6 +1554,9 @@ def _d_peer_num(data: bytes, p: int, end: int) -> PeerNum:
         raise _truncated("PEER_NUM")
     count, present = _PEER_NUM_HEAD.unpack_from(data, p)
     p += 5
+    if not present:  # peer_count alone, as nearly every FIND has it
+        _exact(p, end, "PEER_NUM")
+        return PeerNum(count)
     nat = None
     if present & _NAT:
         nat, p = _d_text(data, p, end)
@@ -1466,19 +1601,41 @@ def _d_stats(data: bytes, p: int, end: int) -> StreamStats:
 
 
 def _d_tlvs(data: bytes, p: int, end: int, context: _Context) -> dict[int, list[Any]]:
-    items = _Items(context)
+    # _Items.add and _Items.done inlined (this loop runs for every TLV of every request):
+    # the same checks in the same order, so the same errors as the Construct decoder's.
     limits = context.limits
+    lists: dict[int, list[Any]] = {}
+    unknown = 0
+    unpack = _TLV.unpack_from
     while p < end:
         if p + 6 > end:
             raise _truncated("TLV")
-        t, n = _TLV.unpack_from(data, p)
+        t, n = unpack(data, p)
         p += 6
         q = p + n
         if q > end:
             raise _truncated(f"TLV of type {t:#06x}")
-        items.add(t, _FROM_VALUE[t](data, p, q) if t in limits else None)
+        limit = limits.get(t)
+        if limit is None:
+            if not t & OPTIONAL:
+                raise _bad(f"TLV type {t:#06x} is not allowed in a {context.name}")
+            unknown += 1
+            if unknown > MAX_UNKNOWN_TLVS:
+                raise _bad(f"more than {MAX_UNKNOWN_TLVS} unknown TLVs")
+        else:
+            value = _FROM_VALUE[t](data, p, q)
+            values = lists.get(t)
+            if values is None:
+                lists[t] = [value]
+            elif len(values) >= limit:
+                raise _bad(f"more than {limit} TLVs of type {t:#06x} in a {context.name}")
+            else:
+                values.append(value)
         p = q
-    return items.done()
+    for t in context.required:
+        if t not in lists:
+            raise _bad(f"{context.name} without its TLV type {t:#06x}")
+    return lists
 
 
 def _d_swarm_result(data: bytes, p: int, end: int) -> SwarmResult:
@@ -1687,25 +1844,134 @@ def _decode_body(header: Header, data: bytes, start: int) -> Message:
         raise _bad(str(exc) or type(exc).__name__) from exc
 
 
-def decode(data: bytes) -> Message:
+class DecodeMemo:
+    """Requests decoded before, kept by their bytes less the transaction ID, for
+    :func:`decode` (keyword ``memo``): a peer that asks again for the same thing (a FIND for
+    the same swarm and chunks, a channel switch back) sends the same bytes with a new
+    transaction ID, and copying the earlier message is several times cheaper than decoding.
+
+    The copies share their parts (lists, PeerNum, ...) with each other: only for receivers
+    that never mutate a decoded request, as a :class:`~ppsp.tracker.state.Tracker`. Only
+    requests of at most ``max_size`` bytes are kept, at most ``max_entries`` of them (all
+    dropped when full); malformed input is never kept, so it fails as it would without.
+    """
+
+    __slots__ = ("_entries", "max_entries", "max_size")
+
+    def __init__(self, max_entries: int = 4096, max_size: int = 512) -> None:
+        if max_entries < 1 or max_size < HEADER_SIZE:
+            raise ValueError("max_entries must be at least 1, max_size at least the header")
+        self.max_entries = max_entries
+        self.max_size = max_size
+        self._entries: dict[bytes, Message] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_MEMO_TYPES: Final = frozenset({Find, StatReport, Connect, StatQuery})
+
+
+def _with_transaction_id(msg: Message, tid: str) -> Message | None:
+    """A copy of a decoded request with another transaction ID (parts shared); None for a
+    message :class:`DecodeMemo` does not keep. (Decoded messages are of the model's own
+    classes, never subclasses.)"""
+    if isinstance(msg, Find):
+        m = msg
+        return Find(m.peer_id, tid, m.swarm_id, m.peer_num, m.area, m.ranges, m.version)
+    if isinstance(msg, StatReport):
+        r = msg
+        return StatReport(r.peer_id, tid, r.stats, r.availability, r.deltas, r.version)
+    if isinstance(msg, Connect):
+        c = msg
+        return Connect(
+            c.peer_id,
+            tid,
+            c.swarm_actions,
+            c.peer_num,
+            c.peer_addresses,
+            c.role,
+            c.area,
+            c.availability,
+            c.version,
+        )
+    if isinstance(msg, StatQuery):
+        return StatQuery(msg.peer_id, tid, msg.swarm_ids, msg.version)
+    return None
+
+
+def decode(data: bytes, *, memo: DecodeMemo | None = None) -> Message:
     """Decode one whole message (unfragmented, or reassembled by :class:`Reassembler`).
+
+    With a ``memo`` (:class:`DecodeMemo`), a request seen before is copied from it: the same
+    message, with parts shared with earlier ones.
 
     Raises :class:`TrackerError` with the RFC 7846 code to answer: 02 for a version other than
     1, 01 for anything else malformed (gu-02 §5.2.4).
     """
     if not isinstance(data, bytes):
         data = bytes(data)
-    header = peek_header(data)
+    if memo is not None and len(data) <= memo.max_size:
+        # Every byte but the transaction ID's (octets 8-15) is the key: the same bytes around
+        # another transaction ID decode to the same message with that transaction ID.
+        key = data[:8] + data[16:]
+        known = memo._entries.get(key)
+        if known is not None:
+            copied = _with_transaction_id(known, str(_U64.unpack_from(data, 8)[0]))
+            if copied is not None:
+                return copied
+        msg = decode(data)
+        if type(msg) in _MEMO_TYPES:
+            entries = memo._entries
+            if len(entries) >= memo.max_entries:
+                entries.clear()
+            entries[key] = msg
+        return msg
+    # peek_header, _check_whole and _decode_body without building a Header: every request a
+    # tracker receives comes this way. Same checks in the same order.
+    size = len(data)
+    if size < HEADER_SIZE:
+        raise _bad(f"{size} bytes, the header alone takes {HEADER_SIZE}")
+    token, version, _reserved, method, tid, fragment, length = _HEADER.unpack_from(data)
+    if token != TOKEN:
+        raise _bad(f"token {token:#010x} is not {TOKEN:#010x}")
+    if length < HEADER_SIZE:
+        raise _bad(f"message length {length} is shorter than the header")
     try:
-        _check_whole(header, data)
-        return _decode_body(header, data, HEADER_SIZE)
+        if length != size:
+            raise _bad(f"length field says {length} bytes, the message has {size}")
+        if not fragment & LAST_FRAGMENT or fragment & OFFSET_MASK:
+            raise _bad("a fragment, not a whole message: reassemble it first")
+        if version != WIRE_VERSION:
+            raise TrackerError(
+                f"PPSP-TP binary version {version} is not supported",
+                ErrorCode.UNSUPPORTED_VERSION,
+            )
+        found = _METHODS.get(method)
+        if found is None:
+            raise _bad(f"unknown method {method:#06x}")
+        context, finish = found
+        try:
+            return finish(method, str(tid), _d_tlvs(data, HEADER_SIZE, size, context))
+        except TrackerError:
+            raise
+        except _CODEC_ERRORS as exc:
+            raise _bad(str(exc) or type(exc).__name__) from exc
     except TrackerError as exc:
-        _tag(exc, header)
+        if getattr(exc, "transaction_id", None) is None:
+            exc.transaction_id = str(tid)
         raise
 
 
 def encode(
-    msg: Message, transaction_id: int | None = None, max_fragment: int = DEFAULT_MAX_FRAGMENT
+    msg: Message,
+    transaction_id: int | None = None,
+    max_fragment: int = DEFAULT_MAX_FRAGMENT,
+    *,
+    memo: EncodeMemo | None = None,
 ) -> list[bytes]:
     """Encode ``msg`` as one message, or as fragments of at most ``max_fragment`` bytes each
     (header included) when it is longer (gu-02 §5.2.3: equal-sized fragments).
@@ -1713,15 +1979,30 @@ def encode(
     The header's transaction ID is ``transaction_id`` when given, else the model's
     ``transaction_id``, which must then be the decimal form of an unsigned 64-bit number.
     Over TCP, pass ``max_fragment=MAX_MESSAGE``: the message then goes whole, as one frame.
+    A response's peer lists and reflexive address are taken from ``memo`` (see
+    :class:`EncodeMemo`) when one is given; the bytes are the same.
     Raises :class:`TrackerError` for a model the wire cannot carry or a message longer than
     :data:`MAX_MESSAGE`.
     """
     if max_fragment < HEADER_SIZE + 8:
         raise ValueError(f"max_fragment {max_fragment} leaves no room after the header")
     tid = _transaction_id(msg.transaction_id if transaction_id is None else transaction_id)
-    method, version, items = _message_items(msg)
+    items: list[_Item] = []
+    response: Response | None = None
+    if memo is not None and type(msg) is Response:
+        # _message_items' checks for a response, without building its list of items.
+        response = msg
+        method, version = _response_method(msg), msg.version
+        _limit(msg.swarm_results, MAX_ENTRIES, "swarm results")
+        _limit(msg.push_hints, MAX_ENTRIES, "push hints")
+        _limit(msg.global_info, MAX_ENTRIES, "swarm popularities")
+    else:
+        method, version, items = _message_items(msg)
     try:
-        payload = _e_tlvs(items)
+        if response is not None and memo is not None:
+            payload = _e_response_memo(response, memo)
+        else:
+            payload = _e_tlvs(items)
         if not 0 <= version <= 0xFF:
             raise TrackerError(f"version {version} does not fit the header")
     except TrackerError:

@@ -227,17 +227,64 @@ def encode_request(req: Request) -> bytes:
     return "".join(parts).encode("ascii")
 
 
-def encode_response(resp: Response) -> bytes:
-    """The body of a response, in the §3.3.4 grammar form plus our extension members."""
+class EncodeMemo:
+    """The JSON text of model objects, kept by object identity, so that
+    :func:`encode_response` (keyword ``memo``) writes each peer of a peer list, and each
+    reflexive address, only once: a tracker answers FIND after FIND with the same few peers.
+
+    Only for objects that are never mutated once encoded, as the peer lists and reflexive
+    addresses in a :class:`~ppsp.tracker.state.Tracker`'s responses (it makes a new object
+    whenever a peer changes, and its responses are read-only): a mutated object would keep its
+    old text. The memo holds a reference to every object it has text for, so no other object
+    can have that identity meanwhile (two live objects never share one). At most
+    ``max_entries`` entries; all are dropped when it is full.
+    """
+
+    __slots__ = ("_held", "_text", "max_entries")
+
+    def __init__(self, max_entries: int = 65_536) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._text: dict[int, str] = {}  # id → text
+        self._held: dict[int, object] = {}  # id → the object, kept alive
+
+    def __len__(self) -> int:
+        return len(self._text)
+
+    def clear(self) -> None:
+        self._text.clear()
+        self._held.clear()
+
+    def text(self, value: PeerInfo | PeerAddress) -> str:
+        """A peer's peer_info elements (comma-separated), or a peer_addr object."""
+        text = self._text.get(id(value))
+        if text is not None:
+            return text
+        text = _peer_info_text(value) if isinstance(value, PeerInfo) else _peer_addr_text(value)
+        if len(self._text) >= self.max_entries:
+            self.clear()
+        self._text[id(value)] = text
+        self._held[id(value)] = value
+        return text
+
+
+def encode_response(resp: Response, *, memo: EncodeMemo | None = None) -> bytes:
+    """The body of a response, in the §3.3.4 grammar form plus our extension members. With a
+    ``memo`` (:class:`EncodeMemo`), peers and the reflexive address come from it; the bytes
+    are the same."""
     parts = [
         f'{{"{ROOT}":{{"version":{resp.version:d},"response_type":{resp.response_type:d},'
         f'"error_code":{resp.error_code:d},"transaction_id":{_str(resp.transaction_id)}'
     ]
     if resp.peer_address is not None:
-        parts.append(',"peer_addr":' + _peer_addr_text(resp.peer_address))
+        address = resp.peer_address
+        parts.append(
+            ',"peer_addr":' + (_peer_addr_text(address) if memo is None else memo.text(address))
+        )
     if resp.swarm_results:
         parts.append(',"swarm_result":[')
-        parts.append(",".join([_swarm_result_text(r) for r in resp.swarm_results]))
+        parts.append(",".join([_swarm_result_text(r, memo) for r in resp.swarm_results]))
         parts.append("]")
     if resp.push_hints:
         hints = [
@@ -907,31 +954,37 @@ def _peer_addr_text(addr: PeerAddress) -> str:
     return text + "}"
 
 
-def _swarm_result_text(result: SwarmResult) -> str:
+def _swarm_result_text(result: SwarmResult, memo: EncodeMemo | None = None) -> str:
     text = f'{{"swarm_id":{_str(result.swarm_id)},"result":{result.result:d}'
     if result.peers is None:
         return text + "}"
-    infos: list[str] = []
-    for peer in result.peers:
-        if not peer.addresses:
-            raise TrackerError(
-                f"§3.2.4: peer {peer.peer_id} has no address to list",
-                ErrorCode.INTERNAL_SERVER_ERROR,
-            )
-        # The grammar's peer_info has one peer_addr: one element per address, our extension
-        # members on the first.
-        peer_id = _str(peer.peer_id)
-        first = f'{{"peer_id":{peer_id},"peer_addr":{_peer_addr_text(peer.addresses[0])}'
-        if peer.role is not None:
-            first += f',"{X_ROLE}":' + _str(peer.role)
-        if peer.area is not None:
-            first += f',"{X_AREA}":' + _str(peer.area)
-        if peer.ranges is not None:
-            first += f',"{X_RANGES}":' + _json(peer.ranges)
-        infos.append(first + "}")
-        for addr in peer.addresses[1:]:
-            infos.append(f'{{"peer_id":{peer_id},"peer_addr":{_peer_addr_text(addr)}}}')
+    if memo is None:
+        infos = [_peer_info_text(peer) for peer in result.peers]
+    else:
+        infos = [memo.text(peer) for peer in result.peers]
     return text + ',"peer_group":{"peer_info":[' + ",".join(infos) + "]}}"
+
+
+def _peer_info_text(peer: PeerInfo) -> str:
+    """A peer's peer_info elements, comma-separated: the grammar's peer_info has one
+    peer_addr, so one element per address, with our extension members on the first."""
+    if not peer.addresses:
+        raise TrackerError(
+            f"§3.2.4: peer {peer.peer_id} has no address to list",
+            ErrorCode.INTERNAL_SERVER_ERROR,
+        )
+    peer_id = _str(peer.peer_id)
+    first = f'{{"peer_id":{peer_id},"peer_addr":{_peer_addr_text(peer.addresses[0])}'
+    if peer.role is not None:
+        first += f',"{X_ROLE}":' + _str(peer.role)
+    if peer.area is not None:
+        first += f',"{X_AREA}":' + _str(peer.area)
+    if peer.ranges is not None:
+        first += f',"{X_RANGES}":' + _json(peer.ranges)
+    infos = [first + "}"]
+    for addr in peer.addresses[1:]:
+        infos.append(f'{{"peer_id":{peer_id},"peer_addr":{_peer_addr_text(addr)}}}')
+    return ",".join(infos)
 
 
 def _availability_text(entries: list[SwarmAvailability]) -> str:

@@ -85,7 +85,10 @@ Replayed transaction IDs (§4.3): a request with a (peer ID, transaction ID) see
 :attr:`TrackerConfig.transaction_window` gets the identical Response object again and no state
 changes; a *different* request reusing the pair gets 01 (§4.3 allows reuse only for identical
 content). Responses returned by :meth:`Tracker.handle` are shared with that cache and with
-peer lists: treat them as read-only (use :func:`dataclasses.replace` to add hints).
+peer lists: treat them as read-only (use :func:`dataclasses.replace` to add hints). A listed
+peer's PeerInfo is one object until the peer changes (then it gets a new one), which lets the
+daemon encode it once (:class:`ppsp.tracker.binary.EncodeMemo`). The tracker never mutates a
+request either, so requests may share parts (:class:`ppsp.tracker.binary.DecodeMemo`).
 
 Peer selection for FIND (§4.1.2 leaves it to the tracker): same-area cachers first, then peers
 holding the requested chunk ranges (most overlapping chunks first), then the others, seeders
@@ -93,8 +96,11 @@ before leechers; never the requester; at most ``min(peer_num.peer_count, max_fin
 Each group is walked from an offset drawn from the injected :class:`random.Random`, which
 spreads load over the swarm and breaks ties deterministically for a seeded generator. For
 speed the chunk holders examined are at most :attr:`TrackerConfig.find_scan_limit` per FIND
-(all of them in swarms that small; otherwise a window at a random offset). The same peer list
-answers a LEECH JOIN (without chunk ranges). A listed peer carries its peer ID, its declared
+(all of them in swarms that small; otherwise a window at a random offset). When all of them
+are examined, their ranking for the wanted ranges is kept until a holder joins, leaves or
+reports other chunks (FINDs for the head of a VoD swarm or the live edge want the same chunks);
+the answers are exactly those of ranking afresh. The same peer list answers a LEECH JOIN
+(without chunk ranges). A listed peer carries its peer ID, its declared
 addresses (or, if it declared none, the address its CONNECT came from, type REFLEXIVE), role
 and area; not its chunk ranges, which PPSPP's HAVE messages give the requester anyway.
 
@@ -177,6 +183,8 @@ Runs = list[tuple[int, int]]
 
 #: RFC 7574 chunk32 addressing: the largest chunk number a range may name.
 MAX_CHUNK = 2**32 - 1
+#: A member holding at most this many runs keeps them at hand for FIND (_Member.few).
+_FEW_RUNS = 8
 
 _OK = ResponseType.SUCCESSFUL
 _FAILED = ResponseType.FAILED
@@ -350,7 +358,20 @@ class _Peer:
 class _Member:
     """One peer in one swarm: mode and known chunk availability."""
 
-    __slots__ = ("cs", "hi", "hpos", "lo", "mode", "peer", "pos", "raw", "runs", "stats", "swarm")
+    __slots__ = (
+        "cs",
+        "few",
+        "hi",
+        "hpos",
+        "lo",
+        "mode",
+        "peer",
+        "pos",
+        "raw",
+        "runs",
+        "stats",
+        "swarm",
+    )
 
     def __init__(self, peer: _Peer, swarm: _Swarm, mode: PeerMode, raw: Runs | None) -> None:
         self.peer = peer
@@ -366,6 +387,9 @@ class _Member:
         self.lo = 0  # first and last chunk, number of runs: cached for FIND's hot loop
         self.hi = -1
         self.runs = 0
+        # The runs themselves when there are at most _FEW_RUNS of them (a cacher's cache, a
+        # viewer's buffer): FIND's overlap is then plain arithmetic, no ChunkSet walk.
+        self.few: Sequence[tuple[int, int]] | None = None
         self.stats: StreamStats | None = None
 
 
@@ -376,6 +400,7 @@ class _Swarm:
         "cachers",
         "coverage",
         "holders",
+        "holders_epoch",
         "joins",
         "leechers",
         "members",
@@ -393,6 +418,9 @@ class _Swarm:
         self.seeders: list[_Member] = []
         self.leechers: list[_Member] = []
         self.holders: list[_Member] = []
+        # Bumped whenever ``holders`` or the chunks of a holder change: FIND's rankings of
+        # the holders (Tracker._rankings) are valid for one epoch.
+        self.holders_epoch = 0
         self.cachers: dict[str | None, dict[str, _Member]] = {}
         self.viewers = 0
         self.viewers_by_area: dict[str | None, int] = {}
@@ -448,16 +476,33 @@ def _chunkset(m: _Member) -> ChunkSet | None:
     return cs
 
 
+def _few(m: _Member) -> Sequence[tuple[int, int]] | None:
+    """The member's runs for :attr:`_Member.few` (a held list is never mutated in place)."""
+    if m.raw is not None:
+        return m.raw if len(m.raw) <= _FEW_RUNS else None
+    cs = m.cs
+    if cs is not None and len(cs) <= _FEW_RUNS:
+        return tuple(cs)
+    return None
+
+
 def _overlap(m: _Member, ranges: Sequence[tuple[int, int]]) -> int:
     """Chunks of ``ranges`` that member ``m`` holds (ranges assumed disjoint)."""
     lo = m.lo
     hi = m.hi
     total = 0
+    few = m.few
     for s, e in ranges:
         if e < lo or s > hi:
             continue
         if m.runs == 1:
             total += (e if e < hi else hi) - (s if s > lo else lo) + 1
+        elif few is not None:
+            for rs, re in few:
+                a = s if s > rs else rs
+                b = e if e < re else re
+                if a <= b:
+                    total += b - a + 1
         else:
             cs = _chunkset(m)
             assert cs is not None
@@ -466,6 +511,56 @@ def _overlap(m: _Member, ranges: Sequence[tuple[int, int]]) -> int:
                 n -= ge - gs + 1
             total += n
     return total
+
+
+def _rank(window: Sequence[_Member], ranges: Sequence[tuple[int, int]]) -> list[_Member]:
+    """The members of ``window`` holding chunks of ``ranges``, most chunks first, ties in
+    window order (FIND's step 2)."""
+    # The hull of the requested ranges rejects most non-holders in two compares; a single
+    # requested range against a few runs is plain arithmetic.
+    single = len(ranges) == 1
+    if single:
+        lo, hi = ranges[0]
+    else:
+        lo = min(s for s, _ in ranges)
+        hi = max(e for _, e in ranges)
+    scored: list[tuple[int, int, _Member]] = []
+    i = 0
+    for m in window:
+        i += 1
+        mhi = m.hi
+        if mhi < lo:
+            continue
+        mlo = m.lo
+        if mlo > hi:
+            continue
+        if m.runs == 1:
+            if single:
+                ov = (hi if hi < mhi else mhi) - (lo if lo > mlo else mlo) + 1
+            else:
+                ov = 0
+                for s, e in ranges:
+                    a = s if s > mlo else mlo
+                    b = e if e < mhi else mhi
+                    if a <= b:
+                        ov += b - a + 1
+        elif single and m.few is not None:
+            ov = 0
+            for s, e in m.few:
+                a = s if s > lo else lo
+                b = e if e < hi else hi
+                if a <= b:
+                    ov += b - a + 1
+        else:
+            ov = _overlap(m, ranges)
+        if ov > 0:
+            scored.append((-ov, i, m))
+    scored.sort()
+    return [m for _, _, m in scored]
+
+
+#: Rankings of a swarm's holders for FIND's wanted ranges kept at most (all swarms together).
+_RANKED_ENTRIES = 16_384
 
 
 # ---------------------------------------------------------------------------- the tracker
@@ -491,6 +586,10 @@ class Tracker:
         self._cachers: dict[str | None, dict[str, _Peer]] = {}  # area → registered cachers
         self._popular: dict[str, _Swarm] = {}  # swarms with viewers or recent viewer joins
         self._timers: list[tuple[float, int, _Peer]] = []  # one live entry per peer
+        # FIND: (swarm, wanted ranges) → (swarm.holders_epoch, ranked holders); see _select.
+        self._rankings: dict[
+            tuple[_Swarm, tuple[tuple[int, int], ...]], tuple[int, list[_Member]]
+        ] = {}
         self._timer_seq = 0
         # (peer ID, transaction ID) → (time, request, response, weight), in time order.
         self._transactions: OrderedDict[tuple[str, str], tuple[float, Request, Response, int]] = (
@@ -531,7 +630,8 @@ class Tracker:
             return self._error(request.transaction_id, ErrorCode.BAD_REQUEST)
         paused = False
         threshold = self.config.batch_gc_pause
-        if threshold and _weight(request) >= threshold and gc.isenabled():
+        weight = _weight(request)
+        if threshold and weight >= threshold and gc.isenabled():
             gc.disable()
             paused = True
         try:
@@ -546,7 +646,7 @@ class Tracker:
                 gc.enable()
         if response.response_type is _FAILED:
             self._count_error(response.error_code)
-        self._remember(key, request, response, now)
+        self._remember(key, request, response, now, 1 + weight)
         return response
 
     def _dispatch(self, request: Request, source: tuple[str, int], now: float) -> Response:
@@ -572,27 +672,29 @@ class Tracker:
         self._counters["errors"] += 1
         self._errors_by_code[int(code)] = self._errors_by_code.get(int(code), 0) + 1
 
-    def _remember(self, key: tuple[str, str], req: Request, resp: Response, now: float) -> None:
+    def _remember(
+        self, key: tuple[str, str], req: Request, resp: Response, now: float, weight: int
+    ) -> None:
+        """Keep the exchange for §4.3 replays; ``weight`` is 1 + the swarms ``req`` names."""
         cfg = self.config
         tx = self._transactions
         old = tx.pop(key, None)  # re-inserted at the end so the dict stays in time order
+        total = self._transaction_weight
         if old is not None:
-            self._transaction_weight -= old[3]
-        weight = 1 + _weight(req)
+            total -= old[3]
         tx[key] = (now, req, resp, weight)
-        self._transaction_weight += weight
+        total += weight
         horizon = now - cfg.transaction_window
+        most, heaviest = cfg.max_transactions, cfg.max_transaction_swarms
         while tx:
-            first, entry = next(iter(tx.items()))
-            if (
-                len(tx) > cfg.max_transactions
-                or self._transaction_weight > cfg.max_transaction_swarms
-                or entry[0] < horizon
-            ):
+            first = next(iter(tx))
+            entry = tx[first]
+            if len(tx) > most or total > heaviest or entry[0] < horizon:
                 del tx[first]
-                self._transaction_weight -= entry[3]
+                total -= entry[3]
             else:
                 break
+        self._transaction_weight = total
 
     def _id_ok(self, ident: str) -> bool:
         return isinstance(ident, str) and 0 < len(ident) <= self.config.max_id_length
@@ -651,12 +753,24 @@ class Tracker:
             # §2.3.2 (C): a FIND with an invalid swarm ID; the peer stays where it is.
             raise TrackerError("unknown swarm", ErrorCode.FORBIDDEN_ACTION)
         ranges = req.ranges
-        if ranges is not None and not self._ranges_ok(ranges, self.config.max_find_ranges):
-            raise TrackerError("bad chunk ranges")
-        if req.area is not None and len(req.area) > self.config.max_id_length:
+        cfg = self.config
+        if ranges is not None:
+            if len(ranges) > cfg.max_find_ranges:
+                raise TrackerError("bad chunk ranges")
+            for s, e in ranges:
+                if not 0 <= s <= e <= MAX_CHUNK:
+                    raise TrackerError("bad chunk ranges")
+        area = req.area
+        if area is None:
+            area = peer.area
+        elif len(area) > cfg.max_id_length:
             raise TrackerError("bad area")
-        area = req.area if req.area is not None else peer.area
-        peers = self._select(swarm, peer.peer_id, area, ranges, self._wanted(req.peer_num))
+        peer_num = req.peer_num  # _wanted, inlined
+        if peer_num is None:
+            want = min(cfg.default_find_peers, cfg.max_find_peers)
+        else:
+            want = max(0, min(peer_num.peer_count, cfg.max_find_peers))
+        peers = self._select(swarm, peer, area, ranges, want)
         self._touch(peer, now)
         return Response(
             req.transaction_id,
@@ -686,32 +800,43 @@ class Tracker:
     def _select(
         self,
         swarm: _Swarm,
-        requester: str,
+        requester: _Peer,
         area: str | None,
         ranges: Sequence[tuple[int, int]] | None,
         k: int,
     ) -> list[PeerInfo]:
-        """The peer list (§4.1.2): area cachers, then chunk holders, then seeders, leechers."""
+        """The peer list (§4.1.2): area cachers, then chunk holders, then seeders, leechers.
+
+        The hot path of FIND (and of every JOIN answered with a peer list), so written for
+        speed: peers' PeerInfo taken straight from their records, overlaps inlined, peers
+        taken told apart by identity (one record per peer ID)."""
         out: list[PeerInfo] = []
         if k <= 0:
             return out
         taken = {requester}
         rng = self._rng
-        info = self._info
+        make_info = self._info
+        info: PeerInfo | None
         # 1. Cachers in the requester's area: the P2P CDN's nearby cache (DESIGN F3).
         if area is not None:
             group = swarm.cachers.get(area)
             if group:
-                cands = [m for m in group.values() if m.peer.peer_id not in taken]
+                if requester.peer_id in group:
+                    cands = [m for m in group.values() if m.peer is not requester]
+                else:
+                    cands = list(group.values())
                 n = len(cands)
                 if n > 1:
                     off = rng.randrange(n)
-                    cands = cands[off:] + cands[:off]
+                    if off:
+                        cands = cands[off:] + cands[:off]
                     if ranges:
                         cands.sort(key=lambda m: -_overlap(m, ranges))
-                for m in cands[:k]:
-                    out.append(info(m.peer))
-                    taken.add(m.peer.peer_id)
+                for m in cands[:k] if n > k else cands:
+                    peer = m.peer
+                    info = peer.info
+                    out.append(info if info is not None else make_info(peer))
+                    taken.add(peer)
                 if len(out) >= k:
                     return out
         # 2. Peers holding the requested chunks, most overlap first.
@@ -721,64 +846,53 @@ class Tracker:
             if n:
                 scan = self.config.find_scan_limit
                 if n <= scan:
-                    window = holders
+                    # Every holder is examined, so the ranking depends on nothing but the
+                    # holders and the ranges: kept until the holders change (many FINDs
+                    # want the same chunks: the head of a VoD swarm, the live edge).
+                    try:
+                        key = (swarm, tuple(ranges))
+                        cached = self._rankings.get(key)
+                    except TypeError:  # unhashable ranges (not from a decoder): no caching
+                        key = None
+                        cached = None
+                    if cached is not None and cached[0] == swarm.holders_epoch:
+                        ranked = cached[1]
+                    else:
+                        ranked = _rank(holders, ranges)
+                        if key is not None:
+                            if len(self._rankings) >= _RANKED_ENTRIES:
+                                self._rankings.clear()
+                            self._rankings[key] = (swarm.holders_epoch, ranked)
                 else:
                     off = rng.randrange(n)
                     window = holders[off : off + scan]
                     if len(window) < scan:
                         window += holders[: scan - len(window)]
-                # The hull of the requested ranges rejects most non-holders in two compares;
-                # a single requested range against a single run is plain arithmetic.
-                lo = min(s for s, _ in ranges)
-                hi = max(e for _, e in ranges)
-                single = len(ranges) == 1
-                scored: list[tuple[int, int, _Member]] = []
-                i = 0
-                for m in window:
-                    i += 1
-                    mhi = m.hi
-                    if mhi < lo:
+                    ranked = _rank(window, ranges)
+                for m in ranked:
+                    peer = m.peer
+                    if peer in taken:
                         continue
-                    mlo = m.lo
-                    if mlo > hi:
-                        continue
-                    if m.runs != 1:
-                        ov = _overlap(m, ranges)
-                    elif single:
-                        ov = (hi if hi < mhi else mhi) - (lo if lo > mlo else mlo) + 1
-                    else:
-                        ov = 0
-                        for s, e in ranges:
-                            a = s if s > mlo else mlo
-                            b = e if e < mhi else mhi
-                            if a <= b:
-                                ov += b - a + 1
-                    if ov > 0:
-                        scored.append((-ov, i, m))
-                scored.sort()
-                for _, _, m in scored:
-                    pid = m.peer.peer_id
-                    if pid in taken:
-                        continue
-                    out.append(info(m.peer))
+                    info = peer.info
+                    out.append(info if info is not None else make_info(peer))
                     if len(out) >= k:
                         return out
-                    taken.add(pid)
+                    taken.add(peer)
         # 3. Everybody else, seeders before leechers.
         for group_list in (swarm.seeders, swarm.leechers):
             n = len(group_list)
             if not n:
                 continue
             off = rng.randrange(n)
-            for i in range(n):
-                m = group_list[(off + i) % n]
-                pid = m.peer.peer_id
-                if pid in taken:
+            for m in group_list[off:] + group_list[:off] if off else group_list:
+                peer = m.peer
+                if peer in taken:
                     continue
-                out.append(info(m.peer))
+                info = peer.info
+                out.append(info if info is not None else make_info(peer))
                 if len(out) >= k:
                     return out
-                taken.add(pid)
+                taken.add(peer)
         return out
 
     # ------------------------------------------------------------------ CONNECT (§4.1.1)
@@ -951,7 +1065,7 @@ class Tracker:
             peers = None
             if a.peer_mode is _LEECH or req.peer_num is not None:
                 # §4.1.1: LEECH → a peer list (MUST); SEEDER only with peer_num.
-                peers = self._select(m.swarm, peer.peer_id, peer.area, None, want)
+                peers = self._select(m.swarm, peer, peer.area, None, want)
             results.append(SwarmResult(a.swarm_id, _OK, peers))
         # Entries without an action of their own, in their order: implicit JOINs or failures.
         for j, e in enumerate(avail):
@@ -963,7 +1077,7 @@ class Tracker:
             m = self._join(peer, e.swarm_id, e.peer_mode, a_runs[j], now)
             peers = None
             if req.peer_num is not None:
-                peers = self._select(m.swarm, peer.peer_id, peer.area, None, want)
+                peers = self._select(m.swarm, peer, peer.area, None, want)
             results.append(SwarmResult(e.swarm_id, _OK, peers))
 
         if n_valid:
@@ -1264,11 +1378,13 @@ class Tracker:
             group[peer.peer_id] = m
         runs = _runs(m)
         if runs:
+            sw.holders_epoch += 1
             m.hpos = len(sw.holders)
             sw.holders.append(m)
             m.lo = runs[0][0]
             m.hi = runs[-1][1]
             m.runs = len(runs)
+            m.few = _few(m)
             _cover(sw.coverage, runs, 1)
             sw.version += 1
         if m.mode is _LEECH and peer.role not in _NOT_VIEWERS:
@@ -1306,6 +1422,7 @@ class Tracker:
                 del by_area[peer.area]
 
     def _drop_holder(self, m: _Member) -> None:
+        m.swarm.holders_epoch += 1
         holders = m.swarm.holders
         last = holders.pop()
         if last is not m:
@@ -1315,6 +1432,7 @@ class Tracker:
 
     def _refresh_holder(self, m: _Member) -> None:
         """After the member's chunks changed: holder index and cached bounds."""
+        m.swarm.holders_epoch += 1
         cs = m.cs
         if cs is not None:
             n = len(cs)
@@ -1328,7 +1446,11 @@ class Tracker:
         if not n or lo is None or hi is None:
             if m.hpos >= 0:
                 self._drop_holder(m)
+            # Bounds that no range overlaps: FIND's overlap must see no chunks, not stale ones.
+            m.lo = 0
+            m.hi = -1
             m.runs = 0
+            m.few = None
             return
         if m.hpos < 0:
             m.hpos = len(m.swarm.holders)
@@ -1336,6 +1458,7 @@ class Tracker:
         m.lo = lo
         m.hi = hi
         m.runs = n
+        m.few = _few(m)
 
     def _set_chunks(self, m: _Member, raw: Runs | None, cs: ChunkSet | None = None) -> None:
         """Replace the member's known chunks (runs, or a ChunkSet); coverage follows."""
@@ -1670,6 +1793,8 @@ class Tracker:
                     n_holders += 1
                     assert sw.holders[m.hpos] is m
                     assert (m.lo, m.hi, m.runs) == (runs[0][0], runs[-1][1], len(runs))
+                    few = list(runs) if len(runs) <= _FEW_RUNS else None
+                    assert (None if m.few is None else list(m.few)) == few, (pid, sid)
                     _cover(cov, runs, 1)
                 if m.mode is _LEECH and peer.role not in _NOT_VIEWERS:
                     viewers[peer.area] = viewers.get(peer.area, 0) + 1
@@ -1682,3 +1807,9 @@ class Tracker:
             )
             assert cov == sw.coverage, sid
             assert viewers == sw.viewers_by_area and sw.viewers == sum(viewers.values())
+        for (ranked_swarm, ranges), (epoch, ranked) in self._rankings.items():
+            if (
+                epoch == ranked_swarm.holders_epoch
+                and self._swarms.get(ranked_swarm.swarm_id) is ranked_swarm
+            ):
+                assert ranked == _rank(ranked_swarm.holders, ranges), ranges
