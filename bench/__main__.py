@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.common import machine_info
 
-BENCHMARKS = ("codec", "structures", "transfer", "tracker", "reload")
+BENCHMARKS = ("codec", "structures", "transfer", "tracker", "reload", "overlay")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -1074,5 +1074,165 @@ def _ca_issue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- p2pcdn overlay -----------------------------------------------------------------------
+
+
+def _overlay_daemon_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The daemon's options; ``default`` is SUPPRESS on the ``run`` action so that options
+    given before it (``p2pcdn overlay --config F run``) are not reset."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=default,
+        help="daemon configuration (TOML, docs/overlay.md); the flags below override it",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        type=listen_address_type,
+        default=default,
+        help="address for overlay links (port 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--link", choices=["dtls", "tls"], default=default, help="link type (default dtls)"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT",
+        action="append",
+        type=peer_address_type,
+        default=default,
+        help="a bootstrap node (repeatable; none: create the overlay)",
+    )
+    parser.add_argument(
+        "--data-dir", metavar="DIR", type=Path, default=default, help="stored data (sqlite)"
+    )
+
+
+def _overlay_arguments(parser: argparse.ArgumentParser) -> None:
+    _overlay_daemon_options(parser, None)
+    actions = parser.add_subparsers(dest="overlay_action", metavar="ACTION")
+    run = actions.add_parser(
+        "run",
+        help="run a RELOAD node (the default action)",
+        description="Run a RELOAD peer: listen for DTLS or TLS overlay links, join through "
+        "the bootstrap nodes (or create the overlay), store and route for the overlay until "
+        "SIGINT or SIGTERM, then leave it cleanly (RFC 6940 §10.9).",
+    )
+    _overlay_daemon_options(run, argparse.SUPPRESS)
+    sim = actions.add_parser(
+        "sim",
+        help="simulate an overlay in memory (virtual time, no sockets)",
+        description="Run N RELOAD peers (the same node code as the daemon) on an in-memory "
+        "network with virtual time and 10-50 ms links: store values from random nodes, wait "
+        "one stabilization interval, then churn (nodes leave or crash and new ones join) while "
+        "random nodes fetch the values. Prints mean and p99 hops, fetch success rate, fetch "
+        "latency and the wall time (reload/sim.py).",
+    )
+    sim.add_argument("--nodes", type=int, required=True, metavar="N", help="number of peers")
+    sim.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="PERCENT_PER_MINUTE",
+        help="percent of N leaving (or crashing) and joining per minute (default 0)",
+    )
+    sim.add_argument(
+        "--minutes", type=float, default=5.0, metavar="M", help="simulated minutes (default 5)"
+    )
+    sim.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
+
+
+@command(
+    "overlay",
+    help="run a RELOAD overlay node (RFC 6940, CHORD-RELOAD)",
+    description="Run a RELOAD overlay node (`p2pcdn overlay [run] --config overlay.toml`): "
+    "prints its Node-ID in hex and its HOST:PORT once it has joined the overlay, then serves "
+    "until SIGINT or SIGTERM and leaves the overlay cleanly (exit status 0). docs/overlay.md "
+    "describes the configuration.",
+    arguments=_overlay_arguments,
+    epilog="examples:\n"
+    "  p2pcdn overlay --config overlay.toml\n"
+    "  p2pcdn overlay run --config node2.toml --bootstrap 127.0.0.1:6084 -v\n"
+    "  p2pcdn overlay sim --nodes 1000 --churn 10 --minutes 30 --seed 1\n",
+)
+def cmd_overlay(args: argparse.Namespace) -> int:
+    action = getattr(args, "overlay_action", None)
+    if action in (None, "run"):
+        return _overlay_run(args)
+    if action == "sim":
+        return _overlay_sim(args)
+    raise UsageError(f"unknown overlay action {action!r}")
+
+
+def _overlay_run(args: argparse.Namespace) -> int:
+    # Imported here: only this subcommand needs the RELOAD stack.
+    from reload.aio import DaemonConfigError, load_daemon_config
+
+    if args.config is None:
+        raise UsageError("--config FILE is required (certificate and key, docs/overlay.md)")
+    try:
+        config = load_daemon_config(args.config)
+    except DaemonConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if args.listen is not None:
+        config.listen = args.listen
+    if args.link is not None:
+        config.link = args.link
+    if args.bootstrap:
+        config.bootstrap = list(args.bootstrap)
+    if args.data_dir is not None:
+        config.data_dir = args.data_dir
+    if not args.verbose:  # -v on the command line wins over the file's level
+        logging.getLogger().setLevel(config.log_level)
+    return run_coroutine(_overlay(config))
+
+
+def _overlay_sim(args: argparse.Namespace) -> int:
+    from reload.sim import run_simulation
+
+    if args.nodes < 1:
+        raise UsageError("--nodes must be at least 1")
+    if args.churn < 0 or args.minutes < 0:
+        raise UsageError("--churn and --minutes must not be negative")
+    report = run_simulation(
+        args.nodes,
+        churn=args.churn,
+        minutes=args.minutes,
+        seed=args.seed,
+        progress=lambda text: log.info("sim: %s", text),
+    )
+    for line in report.lines():
+        _print_stdout(line)
+    return EXIT_OK
+
+
+async def _overlay(config: Any) -> int:
+    from reload.aio import DaemonConfigError, OverlayNode
+
+    stop = asyncio.Event()
+    with _on_signals(lambda _signum: stop.set()):
+        try:
+            node = OverlayNode.from_config(config)
+        except DaemonConfigError as exc:
+            raise UsageError(str(exc)) from None
+        starting = asyncio.ensure_future(node.start(join_timeout=60.0))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a failed join raises here
+                assert node.address is not None
+                _print_stdout(node.node_id.hex())
+                _print_stdout(format_address(node.address))
+                await stopping
+        finally:
+            starting.cancel()
+            stopping.cancel()
+            await node.close()
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     sys.exit(main())
