@@ -17,7 +17,7 @@ from ppsp.peer.endpoint import (
 from ppsp.peer.merkle import HashTree
 from ppsp.peer.messages import ChunkAddressing, IntegrityMethod, MerkleHashFunction
 from ppsp.peer.ranges import ChunkSet
-from tests.simnet import SimNet
+from ppsp.peer.simnet import SimNet
 
 SEEDER = ("10.0.0.1", 7000)
 SEEDER2 = ("10.0.0.2", 7000)

@@ -20,7 +20,7 @@ from ppsp.peer.messages import (
     MerkleHashFunction,
 )
 from ppsp.peer.picker import PickPolicy
-from tests.simnet import SimNet
+from ppsp.peer.simnet import SimNet
 
 SOURCE = ("10.0.0.1", 7000)
 VIEWER = ("10.0.0.2", 7000)

@@ -40,7 +40,7 @@ from ppsp.peer.messages import (
     WireContext,
 )
 from ppsp.peer.ranges import ChunkSet
-from tests.simnet import SimNet
+from ppsp.peer.simnet import SimNet
 
 #: Wall clock of the simulated network's time 0 (2027-01-15), so certificates are dated.
 T0 = 1_800_000_000.0

@@ -57,7 +57,7 @@ from ppsp.peer.messages import (
 )
 from ppsp.peer.picker import ChunkPicker, PickPolicy
 from ppsp.peer.ranges import ChunkRange, ChunkSet
-from tests.simnet import SimNet
+from ppsp.peer.simnet import SimNet
 
 Address = tuple[str, int]
 

@@ -69,7 +69,7 @@ from ppsp.peer.messages import (
     WireContext,
 )
 from ppsp.peer.ranges import ChunkSet
-from tests.simnet import SimNet
+from ppsp.peer.simnet import SimNet
 
 Address = tuple[str, int]
 SEEDER: Address = ("10.0.0.1", 7000)

@@ -1,4 +1,5 @@
-"""An in-memory network with virtual time that drives sans-IO PPSPP endpoints (DESIGN §5)."""
+"""An in-memory network with virtual time that drives sans-IO PPSPP endpoints (DESIGN §3, §5):
+for tests and for studying the protocol without sockets."""
 
 from __future__ import annotations
 
