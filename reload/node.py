@@ -513,6 +513,7 @@ class ReloadNode:
             update_interval=config.chord_update_interval,
             ping_interval=config.chord_ping_interval,
             reactive=config.chord_reactive,
+            hold_down=config.successor_hold_down,
             rng=self.rng,
         )
         self.store_ = DataStore(config.node_id_length, config.kinds, store_path)
@@ -531,6 +532,10 @@ class ReloadNode:
         self.links: set[bytes] = set()
         self._queued: dict[bytes, _Queued] = {}
         self._connecting: dict[bytes, float] = {}  # peers we open a link to after AttachAns
+        #: Peers that asked for our Update (send_update, §10.5 step 2) in an Attach although
+        #: we hold a link to them: a restarted node with the same Node-ID whose old link we
+        #: have not yet seen fail. The Update is sent again when the new link comes up.
+        self._update_on_link: dict[bytes, float] = {}
         self._join_requests: dict[bytes, tuple[Message, bytes]] = {}  # JN -> (JoinReq, prev)
         self._bootstrap: bytes | None = None
         self._next_handle = 1
@@ -548,6 +553,7 @@ class ReloadNode:
             return
         self.links.add(peer_id)
         queued = self._queued.pop(peer_id, None)
+        update_due = self._update_on_link.pop(peer_id, None)
         if peer_id in self._connecting:
             del self._connecting[peer_id]
             self._run(self.chord.on_attached(peer_id, now), now)
@@ -556,6 +562,9 @@ class ReloadNode:
         if queued is not None:
             for msg in queued.messages:
                 self._transmit(peer_id, msg, now)
+        if update_due is not None and update_due > now:
+            # the Update we sent at the Attach went down the dead incarnation's link
+            self._run(self.chord.on_attach_request(peer_id, True, now), now)
         if self._bootstrap == peer_id and self.chord.state == chord.JoinState.IDLE:
             self._run(self.chord.start_join(now), now)
 
@@ -569,7 +578,6 @@ class ReloadNode:
             return
         if was or self.chord.table.is_connected(peer_id):
             actions = self.chord.on_connection_lost(peer_id, now)
-            self._hold_down(now)
             self._run(actions, now)
             self._actions.append(PeerDown(peer_id))
 
@@ -637,6 +645,9 @@ class ReloadNode:
         for peer, queued in list(self._queued.items()):
             if queued.deadline <= now:
                 del self._queued[peer]
+        for peer, deadline in list(self._update_on_link.items()):
+            if deadline <= now:
+                del self._update_on_link[peer]
         self._run(self.chord.handle_timer(now), now)
         self.store_.expire(now)
         if self._maintenance_at <= now:
@@ -885,7 +896,7 @@ class ReloadNode:
             if len(first.resource_id) != self.config.node_id_length:
                 self._unroutable(msg, prev, "Resource-ID of the wrong length", now)
                 return
-            next_hop = self._next_hop(first.resource_id)
+            next_hop = self._next_hop(first.resource_id, avoid=prev)
             if next_hop is None:
                 if len(dests) == 1:
                     self._deliver(msg, prev, now)  # §10.3: this peer is responsible
@@ -916,14 +927,15 @@ class ReloadNode:
             msg = replace(msg, header=replace(h, destination_list=dests))
         self._transmit(next_hop, msg, now)
 
-    def _next_hop(self, destination: bytes) -> bytes | None:
-        """§10.3 through the Chord table; a node that is not yet in the ring sends through
-        its admitting or bootstrap peer."""
-        hop = self.chord.table.next_hop(destination)
+    def _next_hop(self, destination: bytes, avoid: bytes | None = None) -> bytes | None:
+        """§10.3 through the Chord table, not back to ``avoid`` (the previous hop) while
+        there is another choice; a node that is not yet in the ring sends through its
+        admitting or bootstrap peer."""
+        hop = self.chord.table.next_hop(destination, avoid)
         if hop is not None and hop not in self.links and hop not in self._queued:
             # the table lists a peer whose link is gone: forget it (§10.7.1) and retry
             self.chord.table.peer_down(hop)
-            hop = self.chord.table.next_hop(destination)
+            hop = self.chord.table.next_hop(destination, avoid)
         if hop is None and not self.chord.joined:
             for candidate in (self.chord.admitting_peer, self._bootstrap):
                 if candidate is not None and candidate in self.links:
@@ -1136,7 +1148,14 @@ class ReloadNode:
             candidates = (IceCandidate(self.config.address, self.config.link_type, b"1", 1, 1),)
         answer = AttachAns(b"", b"", b"passive", candidates, False)
         self._answer(msg, prev, answer, now)
-        if sender not in self.links and sender not in self._queued:
+        if sender in self.links:
+            if body.send_update:
+                # The initiator opens a link only when it has none to us (§6.5.1.6 without
+                # ICE): an Attach from a Node-ID we think we are linked to, asking for our
+                # Update, is a node that restarted before we noticed its crash. Our Update
+                # below goes down the old link and is lost; repeat it on the new one.
+                self._update_on_link[sender] = now + LINK_WAIT
+        elif sender not in self._queued:
             self._queued[sender] = _Queued(now + LINK_WAIT)
         self._run(self.chord.on_attach_request(sender, body.send_update, now), now)
 
@@ -1178,7 +1197,6 @@ class ReloadNode:
         self._answer(msg, prev, LeaveAns(), now)
         self.links.discard(sender)
         actions = self.chord.on_leave(sender, data, now)
-        self._hold_down(now)
         self._run(actions, now)
         self._actions.append(PeerDown(sender))
 
@@ -1331,13 +1349,6 @@ class ReloadNode:
             elif isinstance(action, chord.JoinCompleted):
                 self.joined_at = now
                 self._actions.append(Joined(action.admitting_peer))
-
-    def _hold_down(self, now: float) -> None:
-        """Apply the configured §10.7.1 hold-down to the replication ChordTopology has just
-        deferred (it uses the 30 s default; it has no setting for it yet)."""
-        timers = self.chord._timers
-        if timers.replicate_at is not None:
-            timers.replicate_at = min(timers.replicate_at, now + self.config.successor_hold_down)
 
     def _candidates(self) -> tuple[IceCandidate, ...]:
         if self.config.address is None:

@@ -179,6 +179,18 @@ class SimNetwork:
         self._after(node)
         return node
 
+    def restart(self, node_id: bytes, bootstrap: bytes | None = None) -> ReloadNode:
+        """A crashed node comes back with the same Node-ID (a new incarnation, empty state)
+        and joins again through ``bootstrap`` (a random joined node by default)."""
+        if node_id in self.alive:
+            raise ValueError("the node is still running")
+        if bootstrap is None:
+            bootstrap = self.random_joined()
+        node = self.add_node(node_id)
+        node.join(bootstrap, self.now)
+        self._after(node)
+        return node
+
     def random_joined(self) -> bytes:
         candidates = sorted(self.joined & self.alive)
         return self.rng.choice(candidates)
@@ -247,7 +259,10 @@ class SimNetwork:
 
     def _link_down_cb(self, node_id: bytes, peer: bytes) -> Callable[[], None]:
         def fire() -> None:
-            if node_id in self.alive:
+            # a crashed node restarted with the same Node-ID may have a new link already:
+            # the failure of the old one is not a failure of the new one (as in reload.aio,
+            # which reports a link down only when the last link to a Node-ID closes)
+            if node_id in self.alive and peer not in self.adj.get(node_id, ()):
                 node = self.nodes[node_id]
                 node.link_down(peer, self.now)
                 self._after(node)

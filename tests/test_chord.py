@@ -892,3 +892,59 @@ def test_topology_from_the_overlay_configuration() -> None:
         topo.on_update(nid(v), ChordUpdate(0, ChordUpdateType.PEER_READY), 0.0)
     # without reactive recovery a lost neighbor is not announced at once
     assert not [a for a in topo.on_connection_lost(nid(10), 1.0) if isinstance(a, SendUpdate)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Restarts and hold-down (C5)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_next_hop_does_not_hand_a_message_back_to_its_sender() -> None:
+    t = ChordTable(nid(0))
+    for v in (10, 20, 30, 1 << 127, -10, -20, -30):
+        t.peer_up(nid(v))
+    assert t.next_hop(nid(25)) == nid(20)
+    # the previous hop is the peer we would pick: the next best one instead
+    assert t.next_hop(nid(25), avoid=nid(20)) == nid(10)
+    # nothing in (self, k] but the sender: the smallest after k, as §10.3's fallback
+    assert t.next_hop(nid(15), avoid=nid(10)) == nid(20)
+    # a sender we would not pick changes nothing; nor does it for a direct destination
+    assert t.next_hop(nid(25), avoid=nid(30)) == nid(20)
+    assert t.next_hop(nid(20), avoid=nid(20)) == nid(20)
+    # a lone peer is still used: there is no other way
+    lone = ChordTable(nid(0))
+    lone.peer_up(nid(50))
+    assert lone.next_hop(nid(40), avoid=nid(50)) == nid(50)
+
+
+def test_admitting_peer_admits_its_restarted_predecessor_and_hands_its_range_back() -> None:
+    ap = ChordTopology(nid(100), 0.0)
+    ap.create(0.0)
+    ap.on_update(nid(20), ChordUpdate(1, ChordUpdateType.PEER_READY), 0.0)
+    ap.on_update(nid(50), ChordUpdate(1, ChordUpdateType.PEER_READY), 0.0)
+    assert ap.table.predecessors[0] == nid(50)
+    # nid(50) crashed and came back before we noticed: its JoinReq is accepted, and the
+    # resources in (20, 50] we hold as its replica go to the new incarnation
+    actions = ap.on_join(nid(50), [nid(30), nid(50), nid(70), nid(10)], 1.0)
+    assert actions[0] == AnswerJoin(nid(50), True)
+    assert HandOver((nid(30), nid(50)), nid(50)) in actions
+    assert ap.table.predecessors[0] == nid(50)
+    assert any(isinstance(a, SendUpdate) and a.to == nid(50) for a in actions)
+
+
+@pytest.mark.parametrize("hold_down", [5.0, 30.0])
+def test_hold_down_is_a_parameter(hold_down: float) -> None:
+    topo = ChordTopology(nid(0), 0.0, hold_down=hold_down)
+    topo.create(0.0)
+    for v in (10, 20, 30, -10):
+        topo.on_update(nid(v), ChordUpdate(1, ChordUpdateType.PEER_READY), 0.0)
+    assert topo.table.successors[:2] == (nid(10), nid(20))
+    assert not any(isinstance(a, Replicate) for a in topo.on_connection_lost(nid(10), 1.0))
+    # a second failure during the hold-down does not postpone the replicas
+    assert not any(isinstance(a, Replicate) for a in topo.on_connection_lost(nid(20), 2.0))
+    assert not any(isinstance(a, Replicate) for a in topo.handle_timer(1.0 + hold_down - 0.1))
+    due = topo.handle_timer(1.0 + hold_down)
+    assert [a for a in due if isinstance(a, Replicate)] == [
+        Replicate(nid(30), 1),
+        Replicate(nid(-10), 2),
+    ]

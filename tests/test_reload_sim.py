@@ -7,6 +7,7 @@ import contextlib
 import io
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ import lab.cli as cli
 from reload.messages import DataValue, FetchAns
 from reload.node import RequestDone
 from reload.sim import SimNetwork, run_simulation
+from reload.topology.chord import JoinState
 
 
 def _build(nodes: int, seed: int) -> SimNetwork:
@@ -120,6 +122,35 @@ def test_joining_peer_takes_over_its_range() -> None:
         handle = net.fetch_value(writers[0], r)
         net.run_for(3.0)
         assert _values(net.result(writers[0], handle)) == [w]
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_a_node_restarted_with_its_node_id_rejoins_at_once_and_stores(seed: int) -> None:
+    """A node crashes and comes back with the same Node-ID a second later, before anyone
+    detected the crash: the peers that still list the old incarnation must neither bounce
+    its Attach back to it nor refuse its Join nor lose its Update (seed 4: its bootstrap
+    peer is its admitting peer)."""
+    net = _build(10, seed)
+    victim = sorted(net.joined)[seed % 10]
+    net.crash(victim)
+    net.run_for(1.0)
+    assert net.detect_delay > 1.0  # nobody has noticed the crash yet
+    restarted = net.restart(victim)
+    # the first Attach may go to a peer that routes it down the dead link: one more
+    # transmission after the failure is detected (§6.2.1 retransmission, §10.7.1)
+    net.run_for(net.detect_delay + 3 * net.config.overlay_reliability_timer)
+    assert victim in net.joined and restarted.chord.state == JoinState.JOINED
+    assert restarted.stats.get("rejoins", 0) == 0
+    net.run_for(5.0)
+    assert net.ring_ok()
+    resource = net.user_resource(victim)
+    handle = net.store_value(victim, resource, b"after the restart")
+    net.run_for(3.0)
+    assert (done := net.result(victim, handle)) is not None and done.ok, done
+    reader = next(n for n in sorted(net.joined) if n != victim)
+    handle = net.fetch_value(reader, resource)
+    net.run_for(3.0)
+    assert _values(net.result(reader, handle)) == [b"after the restart"]
 
 
 def test_hops_in_a_200_node_overlay() -> None:

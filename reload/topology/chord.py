@@ -344,13 +344,19 @@ class ChordTable:
         # in distance coordinates x is 0 and p is self._pred[0]; (p, x] is (p, modulus)∪{0}
         return k == 0 or k > self._pred[0]
 
-    def next_hop(self, destination: bytes) -> bytes | None:
+    def next_hop(self, destination: bytes, avoid: bytes | None = None) -> bytes | None:
         """The next hop toward ``destination`` (§10.3), or None to deliver here.
 
         A directly connected node with that Node-ID gets the message even when it is not in
         the ring yet (a Joining Node, §10.5); otherwise a responsible peer keeps it, and
         anything else goes to the Routing Table's peer with the largest Node-ID in (self, k],
         or, if none lies there, the one with the smallest Node-ID after k.
+
+        ``avoid`` (the node a message came from) is not chosen while another Routing Table
+        peer remains: it sent the message to us because its own table has nothing nearer,
+        so handing it back only loops until the TTL runs out. That happens when our table
+        still lists a crashed peer whose Node-ID has just come back as a Joining Node, which
+        routes everything through us (§10.5).
         """
         k = self._dist(destination)
         if k != 0 and (k in self._by_dist or destination in self._connections):
@@ -359,7 +365,12 @@ class ChordTable:
             return None
         routing = self._routing
         j = bisect.bisect_right(routing, k) - 1
-        return self._id(routing[j] if j >= 0 else routing[0])
+        hop = routing[j] if j >= 0 else routing[0]
+        if avoid is not None and len(routing) > 1 and hop == self._dist(avoid):
+            rest = [d for d in routing if d != hop]  # rare: no need for a faster search
+            j = bisect.bisect_right(rest, k) - 1
+            hop = rest[j] if j >= 0 else rest[0]
+        return self._id(hop)
 
     def route_query(self, destination: bytes) -> ChordRouteQueryAns:
         """The ChordRouteQueryAns (§10.8): the peer this one would route to next; itself when
@@ -644,6 +655,7 @@ class ChordTopology:
         update_interval: float = DEFAULT_UPDATE_INTERVAL,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         reactive: bool = True,
+        hold_down: float = SUCCESSOR_HOLD_DOWN,
         rng: random.Random | None = None,
     ) -> None:
         self.table = ChordTable(self_id, node_id_length, successors, predecessors, fingers)
@@ -652,6 +664,9 @@ class ChordTopology:
         self.update_interval = update_interval
         self.ping_interval = ping_interval
         self.reactive = reactive
+        #: §10.7.1 successor replacement hold-down: how long to wait after a successor
+        #: failed before making new replicas (lets a briefly lost successor come back).
+        self.hold_down = hold_down
         self.rng = rng if rng is not None else random.Random()
         self.state = JoinState.IDLE
         self.admitting_peer: bytes | None = None
@@ -753,7 +768,11 @@ class ChordTopology:
                 self._replicated_to = ()
         if change.replica_set_changed or not self._replicated_to:
             if failure and change.old_successors[:2] != change.new_successors[:2]:
-                self._timers.replicate_at = now + SUCCESSOR_HOLD_DOWN
+                # keep the earliest deadline: repeated failures under churn must not postpone
+                # the new replicas indefinitely
+                due = now + self.hold_down
+                pending = self._timers.replicate_at
+                self._timers.replicate_at = due if pending is None else min(pending, due)
             else:
                 actions += self._replicate()
         return actions
@@ -891,8 +910,15 @@ class ChordTopology:
         """A JoinReq from ``joining_node`` (steps 5-8): answer it; hand over the resources it
         is now responsible for; enter it (it becomes our predecessor) and send it and every
         neighbor our new neighbor set. A node that does not fall between our predecessor and
-        us is refused."""
+        us is refused.
+
+        A JoinReq from the Node-ID we hold as our predecessor comes from that node restarted
+        before we noticed its crash (§10.7.1 failure detection takes a while): its old
+        incarnation and the data it held are gone, so it leaves the table first and the
+        new one is admitted, and handed its range, like any Joining Node."""
         t = self.table
+        if self.joined and t.predecessors[:1] == (joining_node,):
+            t.peer_down(joining_node)
         preds = t.predecessors
         fits = joining_node != self.self_id and (
             not preds or between(preds[0], joining_node, self.self_id)
