@@ -123,6 +123,7 @@ from reload.messages import (
     StoreKindResponse,
     StoreReq,
 )
+from reload.transactions import parse_unknown_kinds, unknown_kind
 
 __all__ = [
     "APPEND_INDEX",
@@ -146,7 +147,6 @@ _MAX_ARRAY_INDEX: Final = 0xFFFFFFFE
 #: Fetch synthesizes gap values only for a range of at most this many indices (see module doc).
 MAX_SYNTHESIZED_RANGE: Final = 4096
 #: Kind-IDs an Error_Unknown_Kind error_info can carry: KindId unknown_kinds<0..2^8-1>.
-_MAX_UNKNOWN_KINDS: Final = 255 // 4
 #: user_version of our sqlite schema; another value is a foreign database.
 _SCHEMA_VERSION: Final = 1
 
@@ -167,17 +167,16 @@ def synthetic_signature() -> Signature:
 
 
 def encode_unknown_kinds(kinds: Sequence[int]) -> bytes:
-    """error_info of Error_Unknown_Kind (§7.4.1.2): ``KindId unknown_kinds<0..2^8-1>``.
-    At most 63 Kind-IDs fit the one-byte length; more are cut off."""
-    kept = list(kinds)[:_MAX_UNKNOWN_KINDS]
-    return bytes([4 * len(kept)]) + b"".join(struct.pack(">I", k) for k in kept)
+    """error_info of Error_Unknown_Kind (§7.4.1.2); see :func:`reload.transactions.unknown_kind`."""
+    return unknown_kind(list(kinds))[1]
 
 
 def decode_unknown_kinds(info: bytes) -> tuple[int, ...]:
     """The Kind-IDs of an Error_Unknown_Kind error_info."""
-    if not info or info[0] % 4 or len(info) != 1 + info[0]:
-        raise ReloadDecodeError("malformed unknown_kinds list (§7.4.1.2)")
-    return tuple(struct.unpack(f">{info[0] // 4}I", info[1:]))
+    try:
+        return tuple(parse_unknown_kinds(info))
+    except ValueError as exc:
+        raise ReloadDecodeError(f"{exc} (§7.4.1.2)") from exc
 
 
 def encode_store_ans(answer: StoreAns) -> bytes:
