@@ -52,6 +52,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 
+from ppsp.linkemu import wrap_datagram, wrap_stream
 from reload import security
 from reload.fragments import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from reload.messages import FramedAck, FramedData, FramedMessageType, OverlayLinkType
@@ -900,7 +901,8 @@ class _DtlsProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # No isinstance check: CPython 3.11's selector datagram transport does not subclass
         # asyncio.DatagramTransport (the assert used to fail in every DTLS socket's callback).
-        self.transport = cast(asyncio.DatagramTransport, transport)
+        # Link emulation (ppsp.linkemu): the lab's delay/jitter/loss when the kernel has no netem.
+        self.transport = cast(asyncio.DatagramTransport, wrap_datagram(transport))
 
     def _write(self, link: Link) -> None:
         assert isinstance(link, DtlsLink)
@@ -981,7 +983,7 @@ async def serve_dtls(
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: _DtlsProtocol(config, on_link), local_addr=(host, port)
     )
-    protocol.transport = transport  # connection_made runs later (call_soon)
+    protocol.transport = wrap_datagram(transport)  # connection_made runs later (call_soon)
     return DtlsEndpoint(protocol)
 
 
@@ -996,7 +998,7 @@ async def connect_dtls(
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: _DtlsProtocol(config, None), local_addr=(local_host, 0)
     )
-    protocol.transport = transport
+    protocol.transport = wrap_datagram(transport)
     conn = protocol.open(addr, expected_node_id, initiator=True)
     conn.closed.add_done_callback(lambda _: protocol.close())
     conn.service()
@@ -1030,7 +1032,7 @@ class _TlsProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = wrap_stream(transport)
         loop = asyncio.get_running_loop()
         link = TlsLink(
             self.config,

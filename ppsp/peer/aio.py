@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from ppsp.linkemu import wrap_datagram
 from ppsp.peer.content import (
     DEFAULT_CHUNKS_PER_SIGNATURE,
     DEFAULT_LIVE_WINDOW,
@@ -173,7 +174,8 @@ class PeerNode:
         sock.bind(listen)
         sock.setblocking(False)
         transport, _ = await self.loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        self.transport = transport
+        # Link emulation (ppsp.linkemu) when configured: delay, jitter, loss per destination.
+        self.transport = wrap_datagram(transport)
         bound = sock.getsockname()
         return (bound[0], bound[1])
 
