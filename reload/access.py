@@ -1,6 +1,7 @@
 """RELOAD access control policies (RFC 6940 §7.3): may this signer write this value here?
 
-The four policies of the base protocol are pure functions of the Resource-ID, the Kind's
+The four policies of the base protocol, plus the two of the p2pcdn usages (NODE-KEY-MATCH,
+USER-PREFIX-MATCH, docs/usages.md), are pure functions of the Resource-ID, the Kind's
 policy parameters (``max-node-multiple``), the stored data's dictionary key and the signer as
 :class:`reload.security.Verifier` established it. The overlay's hash comes in as a
 :data:`ResourceIdFunction` (CHORD-RELOAD's is :func:`chord_resource_id`, §10.2), so the module
@@ -43,6 +44,11 @@ class AccessPolicy(enum.StrEnum):
     NODE_MATCH = "NODE-MATCH"
     USER_NODE_MATCH = "USER-NODE-MATCH"
     NODE_MULTIPLE = "NODE-MULTIPLE"
+    # The p2pcdn usages' policies (docs/usages.md "Access control policies"), in the same
+    # form as §7.3's: a Kind names one in its access-control element (§11.1.1 allows any
+    # token; a node that does not know a policy denies every store of that Kind).
+    NODE_KEY_MATCH = "NODE-KEY-MATCH"
+    USER_PREFIX_MATCH = "USER-PREFIX-MATCH"
 
 
 class Signer(Protocol):
@@ -153,6 +159,45 @@ def node_multiple(
     return _deny(f"NODE-MULTIPLE: no i ≤ {max_node_multiple} with H(Node-ID ‖ i) = Resource-ID")
 
 
+def node_key_match(signer: Signer, dictionary_key: bytes | None) -> AccessDecision:
+    """NODE-KEY-MATCH (docs/usages.md, dictionary Kinds only): the dictionary key is the
+    Node-ID the SignerIdentity indicates; any Resource-ID. Like the key half of §7.3.3
+    USER-NODE-MATCH without its user half: in the tracker overlay every writer is an enrolled
+    tracker, and each may write only its own entry at any swarm, so one tracker cannot
+    overwrite or erase the peers another tracker reported."""
+    if dictionary_key is None:
+        return _deny("NODE-KEY-MATCH applies to dictionary values only")
+    if signer.node_id is None:
+        return _deny("NODE-KEY-MATCH: the SignerIdentity indicates no single Node-ID")
+    if dictionary_key != signer.node_id:
+        return _deny("NODE-KEY-MATCH: the dictionary key is not the signer's Node-ID")
+    return ALLOWED
+
+
+def user_prefix_match(
+    resource_id: bytes,
+    signer: Signer,
+    resource_id_function: ResourceIdFunction,
+    dictionary_key: bytes | None,
+) -> AccessDecision:
+    """USER-PREFIX-MATCH (docs/usages.md, dictionary Kinds only): Resource-ID = H(user name
+    ‖ "/" ‖ dictionary key). USER-MATCH (§7.3.1) gives a user one Resource-ID; this gives a
+    user a namespace of them ("alice/movie", "alice/movie/7"), so content is writable only by
+    the source whose certificate carries that user name. A user name containing "/" is
+    refused: "a/b" ‖ "/" ‖ "c" would otherwise equal "a" ‖ "/" ‖ "b/c", letting user "a/b"
+    write in user "a"'s namespace."""
+    if dictionary_key is None:
+        return _deny("USER-PREFIX-MATCH applies to dictionary values only")
+    user = signer.user_name
+    if user is None:
+        return _deny("USER-PREFIX-MATCH: the signer's certificate has no user name")
+    if "/" in user:
+        return _deny("USER-PREFIX-MATCH: a user name containing '/' owns no namespace")
+    if resource_id_function(user.encode("utf-8") + b"/" + dictionary_key) != resource_id:
+        return _deny("USER-PREFIX-MATCH: H(user name / key) is not the Resource-ID")
+    return ALLOWED
+
+
 def check_access(
     policy: AccessPolicy | str,
     resource_id: bytes,
@@ -178,6 +223,10 @@ def check_access(
         return node_match(resource_id, signer, resource_id_function)
     if policy is AccessPolicy.USER_NODE_MATCH:
         return user_node_match(resource_id, signer, resource_id_function, dictionary_key)
+    if policy is AccessPolicy.NODE_KEY_MATCH:
+        return node_key_match(signer, dictionary_key)
+    if policy is AccessPolicy.USER_PREFIX_MATCH:
+        return user_prefix_match(resource_id, signer, resource_id_function, dictionary_key)
     return node_multiple(resource_id, signer, resource_id_function, max_node_multiple)
 
 

@@ -623,7 +623,12 @@ class Link:
             return
         for frame in self.frames.frames_to_send(self._now):
             try:
-                self._conn.send(frame)
+                if self._dtls:
+                    self._conn.send(frame)  # one frame, one DTLS record (§6.6.2)
+                else:
+                    # pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE, so one SSL_write writes
+                    # at most one 16 KiB record: a larger TLS frame needs sendall's loop.
+                    self._conn.sendall(frame)
             except SSL.Error as exc:
                 self._fail(f"TLS write failed: {exc!r}")
                 return
