@@ -72,6 +72,11 @@ HALF_OPEN_TIMEOUT = 10.0
 PEX_RECENT = 60.0
 #: Bytes of the control datagram left to other messages when PEX_REScerts fill it.
 PEX_CONTROL_RESERVE = 160
+#: Push of the head chunks (DESIGN F4, docs/cacher.md "Push"): the initial LEDBAT window, in
+#: datagrams, of a channel that pushes. RFC 6817 §2.4.2 says INIT_CWND SHOULD be 2; a cacher
+#: close to its viewers opens with up to this many, as TCP may with RFC 6928's IW10, so that
+#: the first chunks of a channel arrive in one round trip. LEDBAT rules from the first ACK on.
+PUSH_INITIAL_WINDOW = 10
 
 
 #: IPv6 + UDP headers: what a datagram must leave of the path MTU (RFC 8200, RFC 768).
@@ -128,6 +133,11 @@ class Channel:
         self.cancelled = ChunkSet()
         self.queued_request_chunks = 0
         self.peer_choked_us = False
+        #: Push of the head chunks (DESIGN F4): started once per channel; ``early_push`` when
+        #: it started before the three-way handshake completed (Endpoint.address_validated).
+        self.push_started = False
+        self.early_push = False
+        self.chunks_pushed = 0
 
         # Upload side: DATA in flight, keyed by chunk, with the send time (retransmission, §3.6).
         self.in_flight: dict[int, float] = {}
@@ -279,6 +289,29 @@ class Channel:
             per_chunk += 2 * (1 + self.ctx.chunk_addressing.spec_size + self.ctx.hash_size)
             self.max_batch = max(1, min(MAX_DATA_PER_DATAGRAM, self.datagram_budget // per_chunk))
 
+    def start_push(self, ranges: list[tuple[int, int]]) -> None:
+        """Send ``ranges`` unrequested, ahead of whatever the peer asks (RFC 7574 §3.7: a
+        push model "without requests to save round trips").
+
+        The chunks are queued as if the peer had REQUESTed them first, so everything a
+        REQUEST gets applies to them: their INTEGRITY uncles or signed munro go first (§5.4,
+        §6.1.2.3), LEDBAT paces them, chunks the peer HAVEs or CANCELs are skipped (§3.8),
+        and once in flight a REQUEST for them does not send them twice. The window opens at
+        PUSH_INITIAL_WINDOW datagrams so that the head arrives in one round trip.
+        """
+        if self.push_started or self.state is ChannelState.CLOSED:
+            return
+        self.push_started = True
+        if not ranges:
+            return
+        if not self.in_flight and self.ledbat.srtt is None:
+            self.ledbat = Ledbat(init_cwnd=max(2, PUSH_INITIAL_WINDOW))
+        for s, e in reversed(ranges):
+            self.peer_requests.appendleft([s, e])
+            self.queued_request_chunks += e - s + 1
+            self.chunks_pushed += e - s + 1
+        self._mark()
+
     def _on_handshake_reply(self, msg: Handshake, now: float) -> None:
         if self.state is not ChannelState.HANDSHAKE_SENT:
             return  # a retransmitted reply; the handshake is idempotent (§8.2)
@@ -303,10 +336,14 @@ class Channel:
         count = (len(payload) + size - 1) // size if payload else 0
         if count == 0:
             return True
+        requested = 0
+        outstanding = self.outstanding
         for i in range(count):
             chunk = start + i
             piece = payload[i * size : (i + 1) * size] if count > 1 else payload
             fresh = chunk not in content.have
+            if chunk in outstanding:
+                requested += 1  # a pushed chunk (§3.7) was never counted as outstanding
             ok = content.verify_and_store(chunk, piece)
             if ok is None:
                 return True  # hashes lost on the way: not ACKed, so it comes again (§5.3)
@@ -318,7 +355,7 @@ class Channel:
                 self.bytes_received += len(piece)
                 self.swarm.chunk_verified(chunk, self)
         end = start + count - 1
-        self.outstanding_count = max(0, self.outstanding_count - count)
+        self.outstanding_count = max(0, self.outstanding_count - requested)
         self.acks_due.append((start, end, max(0, delay)))
         self.request_window = min(REQUEST_WINDOW_MAX, self.request_window + count)
         self._mark()
@@ -464,7 +501,7 @@ class Channel:
             control = self.swarm.to_wire(control)
         if control:
             self._emit(fastwire.encode_datagram(self.remote_id, control, ctx), out, now)
-        if self.peer_requests and self.state is ChannelState.ESTABLISHED:
+        if self.peer_requests and (self.state is ChannelState.ESTABLISHED or self.early_push):
             self._send_data(now, out)
 
     def _requests(self, now: float) -> list[Message]:
@@ -654,6 +691,10 @@ class Channel:
                 del self.in_flight[chunk]
                 if chunk not in self.peer_have:
                     lost.append(chunk)
+        if lost and self.state is not ChannelState.ESTABLISHED:
+            # An early push (Endpoint.address_validated) not yet confirmed by the peer is
+            # sent once, never resent: a spoofed handshake must not keep us sending (§12.1).
+            lost = []
         if lost:
             if self.multi_data_ok is None and self.multi_data_probe in lost:
                 self.multi_data_ok = False  # the probe got lost: one DATA per datagram

@@ -5,6 +5,9 @@ Feed it ``receive(data, addr, now)``; ask it ``datagrams_to_send(now)``, ``next_
 any monotonic origin); ``wall_clock_offset`` turns it into the wall clock that DATA
 timestamps carry (§8.6), so that a peer's one-way delay samples make sense.
 
+A seeder may push the head chunks of a swarm to every new peer right after the handshake
+(``push_head``, DESIGN F4 fast channel change, RFC 7574 §3.7 push model; docs/cacher.md).
+
 Every datagram is hostile until checked: it is dropped unless it is at least a channel ID
 long, names a channel we opened *with the address it comes from*, and decodes. A peer that
 sends a malformed datagram or a chunk that fails verification is dropped (§3); the endpoint
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -58,6 +62,12 @@ DEFAULT_PATH_MTU = 1500
 ALL_MESSAGE_TYPES = set(range(14))
 #: Most PEX_REScert messages in one PEX reply (the path MTU may allow fewer).
 MAX_PEX_CERTIFICATES = 8
+#: An address that completed a three-way handshake with us (§3.1 step 7) within this long is
+#: taken as validated: a new channel from it may be pushed to from our reply on (see
+#: :meth:`Endpoint.address_validated`).
+VALIDATED_ADDRESS_LIFETIME = 300.0
+#: Bound on the validated-address memory (hostile input, oldest forgotten first).
+MAX_VALIDATED_ADDRESSES = 4096
 
 
 # ---------------------------------------------------------------------------- events
@@ -132,6 +142,9 @@ class Swarm:
         #: §12.2: when set, PEX uses membership certificates only (PEX_REScert), never bare
         #: PEX_RESv4/v6 addresses; when None, PEX_REScerts received are ignored.
         self.membership: MembershipPolicy | None = None
+        #: Chunks to push to a new peer right after the handshake (DESIGN F4); None takes the
+        #: endpoint's ``push_head``, 0 pushes nothing.
+        self.push_head: int | None = None
         signature_size = 64
         if params.live_signature_algorithm is not None and params.is_live:
             signature_size = signature_size_for(params.live_signature_algorithm, params.swarm_id)
@@ -212,6 +225,37 @@ class Swarm:
         ):
             return "live signature algorithm differs"
         return ""
+
+    # -- push of the head chunks (DESIGN F4; RFC 7574 §3.7 push model)
+
+    @property
+    def effective_push_head(self) -> int:
+        n = self.push_head if self.push_head is not None else self.endpoint.push_head
+        return max(0, n)
+
+    def head_ranges(self, count: int) -> list[tuple[int, int]]:
+        """The chunks to push to a new peer: of the ``count`` head chunks, those we hold.
+
+        VoD: chunks 0..count-1, where playback starts. Live: the newest ``count`` chunks at
+        the live edge, where a viewer tunes in (§6.1.2.4); each goes with its signed munro or
+        signature, so the viewer verifies them like any other (§6.1).
+        """
+        have = self.content.have
+        if count <= 0 or have.is_empty():
+            return []
+        if self.params.is_live:
+            last = have.last
+            assert last is not None
+            lo, hi = max(0, last - count + 1), last
+        else:
+            lo, hi = 0, count - 1
+            n = self.content.num_chunks
+            if n is not None:
+                hi = min(hi, n - 1)
+        if hi < lo:
+            return []
+        wanted = ChunkSet([(lo, hi)])
+        return [(r.start, r.end) for r in wanted.intersection(have).intervals()]
 
     def have_messages(self, limit: int = 256) -> list[Message]:
         return [Have(s, e) for s, e in self.content.have.intervals()[:limit]]
@@ -404,8 +448,13 @@ class Endpoint:
         wall_clock_offset: float = 0.0,
         channel_id_source: Callable[[], int] | None = None,
         path_mtu: Callable[[Address], int] | None = None,
+        push_head: int = 0,
     ) -> None:
         self.wall_clock_offset = wall_clock_offset
+        #: Default for :attr:`Swarm.push_head`: head chunks pushed to every new peer.
+        self.push_head = push_head
+        #: Addresses that completed a handshake (§3.1), with the time: see address_validated.
+        self.validated: OrderedDict[Address, float] = OrderedDict()
         #: The path MTU towards a peer (§8.1); the adapter asks the kernel, tests inject it.
         self.path_mtu: Callable[[Address], int] = path_mtu or (lambda _addr: DEFAULT_PATH_MTU)
         self._new_id = channel_id_source or (lambda: secrets.randbits(32))
@@ -425,8 +474,11 @@ class Endpoint:
         params: SwarmParameters,
         content: SwarmContent,
         policy: PickPolicy = PickPolicy.RAREST_FIRST,
+        *,
+        push_head: int | None = None,
     ) -> Swarm:
         swarm = Swarm(self, params, content, policy)
+        swarm.push_head = push_head
         self.swarms[params.swarm_id] = swarm
         return swarm
 
@@ -458,6 +510,42 @@ class Endpoint:
         if ch.remote_id:
             self.by_peer[(ch.addr, ch.remote_id)] = ch
         self.events.append(ChannelEstablished(ch.swarm.swarm_id, ch.addr, ch.local_id))
+        # §3.1 steps 3 and 7: the peer answered on the channel ID we chose, so it really
+        # listens at this address.
+        validated = self.validated
+        validated[ch.addr] = ch.last_receive
+        validated.move_to_end(ch.addr)
+        while len(validated) > MAX_VALIDATED_ADDRESSES:
+            validated.popitem(last=False)
+        if not ch.initiator and not ch.push_started:
+            # §3.1 step 7: heavy payload may now go to the peer: push the head chunks.
+            ch.start_push(ch.swarm.head_ranges(ch.swarm.effective_push_head))
+
+    def address_validated(self, addr: Address, now: float) -> bool:
+        """Whether a new channel from ``addr`` may be pushed to before its three-way
+        handshake completes: the address completed a handshake with us, or sent on an
+        established channel, within VALIDATED_ADDRESS_LIFETIME.
+
+        §3.1 forbids heavy payload before the third datagram so that a spoofed handshake
+        cannot turn us into an amplifier (§12.1). A viewer zapping channels at a cacher opens
+        each new channel from an address that already proved itself on an earlier one, so
+        waiting for the third datagram only costs the round trip fast channel change is
+        about. The residual risk is bounded: a spoofer can aim at most one unconfirmed push
+        (``push_head`` chunks, under LEDBAT) at a validated address at a time, and half-open
+        channels expire after HALF_OPEN_TIMEOUT.
+        """
+        seen = self.validated.get(addr)
+        fresh = seen is not None and now - seen <= VALIDATED_ADDRESS_LIFETIME
+        for c in self.channels.values():
+            if c.addr != addr:
+                continue
+            if c.early_push and c.state is ChannelState.REPLIED:
+                return False  # one unconfirmed push at a time
+            if c.state is ChannelState.ESTABLISHED and now - c.last_receive <= (
+                VALIDATED_ADDRESS_LIFETIME
+            ):
+                fresh = True  # still talking to us on another channel
+        return fresh
 
     def channel_closed(self, ch: Channel, reason: str) -> None:
         self.channels.pop(ch.local_id, None)
@@ -564,6 +652,11 @@ class Endpoint:
             ch.on_messages(rest, now)
             if ch.is_open:
                 ch.state = ChannelState.REPLIED
+        if ch.is_open and swarm.effective_push_head and self.address_validated(addr, now):
+            # Fast channel change (DESIGN F4): the peer's address is proven, so the head
+            # chunks follow our reply at once (after the HAVEs it sent, which they skip).
+            ch.early_push = True
+            ch.start_push(swarm.head_ranges(swarm.effective_push_head))
 
     def _reply(self, ch: Channel) -> bytes:
         hs = Handshake(ch.local_id, ch.swarm.handshake_options(initiator=False))
