@@ -52,6 +52,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 
+from interop import capture
 from ppsp.linkemu import wrap_datagram, wrap_stream
 from reload import security
 from reload.fragments import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
@@ -478,6 +479,9 @@ class Link:
         self._close_at: float | None = None
         self.frames = FrameLayer(reliable=self._dtls, rto=config.rto)
         self.dropped = 0  # records that failed to decode, logged and ignored
+        #: Sees every plaintext frame sent (True) or record/stream bytes received (False):
+        #: the adapters record them for ``--pcap`` (interop/capture.py).
+        self.tap: Callable[[bool, bytes], None] | None = None
         self._conn = SSL.Connection(_make_context(config, dtls=self._dtls), None)
         self._conn.set_app_data(self)
         if initiator:
@@ -623,6 +627,8 @@ class Link:
             return
         for frame in self.frames.frames_to_send(self._now):
             try:
+                if self.tap is not None:
+                    self.tap(True, frame)
                 if self._dtls:
                     self._conn.send(frame)  # one frame, one DTLS record (§6.6.2)
                 else:
@@ -711,6 +717,8 @@ class DtlsLink(Link):
             log.info("link to %s: dropping a datagram that is not DTLS", self.peer_address)
             return
         for record in self._feed(datagram, now):
+            if self.tap is not None:
+                self.tap(False, record)
             try:
                 frame = decode_frame(record)
             except FramingError as exc:
@@ -783,6 +791,8 @@ class TlsLink(Link):
 
     def receive_stream(self, data: bytes, now: float) -> None:
         for chunk in self._feed(data, now):
+            if self.tap is not None:
+                self.tap(False, chunk)
             self._stream += chunk
         while self.state is LinkState.CONNECTED and self._stream:
             announced = data_frame_length(bytes(self._stream[:8]))
@@ -889,6 +899,26 @@ class LinkConnection:
             self._timer = None
 
 
+def _capture_tap(transport: Any, peer: Any, *, stream: bool) -> Callable[[bool, bytes], None]:
+    """Records a link's plaintext frames on its real addresses when ``--pcap`` is active
+    (interop/capture.py): the ciphertext on the wire would show nothing of RELOAD."""
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    local = (str(sockname[0]), int(sockname[1])) if sockname else ("0.0.0.0", 0)
+    remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("0.0.0.0", 0)
+
+    def tap(sent: bool, data: bytes) -> None:
+        cap = capture.active()
+        if cap is None:
+            return
+        src, dst = (local, remote) if sent else (remote, local)
+        if stream:
+            cap.tcp(src, dst, data)
+        else:
+            cap.udp(src, dst, data)
+
+    return tap
+
+
 class _DtlsProtocol(asyncio.DatagramProtocol):
     """One UDP socket carrying DTLS links, demultiplexed by peer address."""
 
@@ -925,6 +955,7 @@ class _DtlsProtocol(asyncio.DatagramProtocol):
             expected_node_id=expected_node_id,
             peer_address=addr,
         )
+        link.tap = _capture_tap(self.transport, addr, stream=False)
         conn = LinkConnection(link, self._write)
         self.links[addr] = conn
         conn.closed.add_done_callback(lambda _: self._forget(addr, conn))
@@ -1046,6 +1077,7 @@ class _TlsProtocol(asyncio.Protocol):
             expected_node_id=self.expected_node_id,
             peer_address=transport.get_extra_info("peername"),
         )
+        link.tap = _capture_tap(transport, link.peer_address, stream=True)
         self.conn = LinkConnection(link, self._write)
         if self.on_link is not None:
             self.on_link(self.conn)

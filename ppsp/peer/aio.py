@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from interop import capture
 from ppsp.linkemu import wrap_datagram
 from ppsp.peer.content import (
     DEFAULT_CHUNKS_PER_SIGNATURE,
@@ -104,6 +105,9 @@ class _Protocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         node = self.node
+        cap = capture.active()
+        if cap is not None and node.local is not None:
+            cap.udp((addr[0], addr[1]), node.local, data)
         try:
             node.endpoint.receive(data, (addr[0], addr[1]), node.loop.time())
         except Exception:  # a bug must not take the daemon down; the datagram is dropped
@@ -154,6 +158,8 @@ class PeerNode:
             path_mtu=path_mtu if mtu is None else lambda addr: min(mtu, path_mtu(addr)),
         )
         self.transport: asyncio.DatagramTransport | None = None
+        #: The bound address (for ``--pcap`` records).
+        self.local: Address | None = None
         self.flush_scheduled = False
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = float("inf")
@@ -177,7 +183,8 @@ class PeerNode:
         # Link emulation (ppsp.linkemu) when configured: delay, jitter, loss per destination.
         self.transport = wrap_datagram(transport)
         bound = sock.getsockname()
-        return (bound[0], bound[1])
+        self.local = (bound[0], bound[1])
+        return self.local
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -186,8 +193,11 @@ class PeerNode:
             return
         endpoint = self.endpoint
         now = self.loop.time()
+        cap = capture.active()
         for data, addr in endpoint.datagrams_to_send(now):
             transport.sendto(data, addr)
+            if cap is not None and self.local is not None:
+                cap.udp(self.local, addr, data)
         if endpoint.events:
             for event in endpoint.pop_events():
                 for listener in self.listeners:
