@@ -152,8 +152,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     notes += [
         "Construct compiled parsing runs behind a length check (DESIGN §3 trap); HANDSHAKE "
         "is always parsed interpreted.",
-        "scapy: interop/scapy_ppspp.py (data-path layers; the full set comes with the interop "
-        "issue); parse = dissection into fields, build = bytes() of a copied layer tree.",
+        "scapy: interop/scapy_ppspp.py (every message and option); parse = dissection into "
+        "fields, build = bytes() of a copied layer tree.",
         f"medians of {repeats} repetitions of ~{seconds * 1000:.0f} ms each; context "
         "32-bit chunk ranges, SHA-256.",
     ]
