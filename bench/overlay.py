@@ -12,6 +12,11 @@ Simulation (:func:`reload.sim.run_simulation`, virtual time, the same sans-IO no
   target 100 %;
 * **wall time of the 10,000-node run** (target ≤ 5 minutes; not in quick mode).
 
+The hops runs are plotted to ``docs/overlay-hops.png`` (mean and p99 hops against N on a log2
+axis, with ½·log2 N and ½·log2 N + 1). The list of N comes from ``BENCH_OVERLAY_SIZES``
+(comma-separated, e.g. ``100,300``) when set; ``python -m bench.overlay --sizes 100,300``
+runs only the hops runs and the plot (``--plot PATH`` writes elsewhere).
+
 Real sockets (:class:`reload.aio.OverlayNode` on 127.0.0.1, DTLS links, ECDSA P-256
 certificates from a CA made here, one process and event loop):
 
@@ -25,8 +30,10 @@ certificates from a CA made here, one process and event loop):
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
+import os
 import random
 import statistics
 import tempfile
@@ -45,6 +52,8 @@ from reload.sim import SimReport, run_simulation
 
 OVERLAY = "bench.p2pcdn.test"
 SOCKET_SECONDS = 3.0
+PLOT = Path(__file__).resolve().parent.parent / "docs" / "overlay-hops.png"
+SIZES_ENV = "BENCH_OVERLAY_SIZES"
 
 
 def _hop_bound(n: int) -> float:
@@ -180,11 +189,23 @@ def _p99(values: list[float]) -> float:
 # ------------------------------------------------------------------------------- simulation
 
 
-def _sim_rows(quick: bool) -> tuple[list[dict[str, Any]], list[str], dict[int, SimReport]]:
+def _sizes(quick: bool) -> tuple[int, ...]:
+    """The N of the hops runs: ``BENCH_OVERLAY_SIZES`` when set, else by mode."""
+    text = os.environ.get(SIZES_ENV, "").strip()
+    if text:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+        if not sizes or min(sizes) < 2:
+            raise ValueError(f"{SIZES_ENV}: give N >= 2, comma-separated")
+        return sizes
+    return (100, 1000) if quick else (100, 1000, 10_000)
+
+
+def _hops_rows(
+    sizes: tuple[int, ...],
+) -> tuple[list[dict[str, Any]], list[str], dict[int, SimReport]]:
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     reports: dict[int, SimReport] = {}
-    sizes = (100, 1000) if quick else (100, 1000, 10_000)
     for n in sizes:
         report = run_simulation(n, churn=0.0, minutes=1.0, seed=1)
         reports[n] = report
@@ -195,6 +216,43 @@ def _sim_rows(quick: bool) -> tuple[list[dict[str, Any]], list[str], dict[int, S
         if n == 10_000:
             rows.append(row("sim N=10000: wall time", report.wall_time, "s", "<= 300"))
         notes.append(f"sim N={n}: " + "; ".join(report.lines()[1:]))
+    return rows, notes, reports
+
+
+def plot_hops(reports: dict[int, SimReport], path: Path = PLOT) -> Path:
+    """Mean and p99 hops against N (log2 axis) with Chord's ½·log2 N and the target
+    ½·log2 N + 1, as a PNG at ``path`` (matplotlib, Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(reports)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(sizes, [reports[n].mean_hops for n in sizes], "o-", label="mean hops")
+    ax.plot(sizes, [reports[n].p99_hops for n in sizes], "s--", label="p99 hops")
+    ax.plot(sizes, [0.5 * math.log2(n) for n in sizes], ":", label="½·log2 N (Chord)")
+    ax.plot(sizes, [_hop_bound(n) for n in sizes], "-.", label="½·log2 N + 1 (target)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.set_xlabel("peers N")
+    ax.set_ylabel("overlay hops of a Fetch")
+    ax.set_title("CHORD-RELOAD hops in the simulation (no churn)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _sim_rows(quick: bool) -> tuple[list[dict[str, Any]], list[str], dict[int, SimReport]]:
+    rows, notes, reports = _hops_rows(_sizes(quick))
+    try:
+        notes.append(f"hops plot: {plot_hops(reports)}")
+    except ImportError:
+        notes.append("hops plot skipped: matplotlib is not installed (pip install -e .[dev])")
     churn_n, minutes = (100, 5.0) if quick else (1000, 30.0)
     churn = run_simulation(churn_n, churn=10.0, minutes=minutes, seed=2)
     rows += [
@@ -239,3 +297,21 @@ def run(quick: bool = False) -> dict[str, Any]:
         "bounds the per-link message rate",
     ]
     return {"name": "overlay", "rows": rows, "notes": notes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Only the hops runs and their plot (``python -m bench.overlay --sizes 100,300``)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--sizes", default="100,1000,10000", help="comma-separated N list")
+    parser.add_argument("--plot", type=Path, default=PLOT, help=f"PNG to write ({PLOT})")
+    args = parser.parse_args(argv)
+    os.environ[SIZES_ENV] = args.sizes
+    rows, _notes, reports = _hops_rows(_sizes(quick=False))
+    for entry in rows:
+        print(f"{entry['metric']}: {entry['value']:.2f} {entry['unit']}")
+    print(f"plot: {plot_hops(reports, args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -88,6 +88,7 @@ from reload.node import (
     RequestDone,
     SendMessage,
 )
+from reload.topology import chord
 
 __all__ = [
     "DEFAULT_KINDS",
@@ -108,6 +109,9 @@ DEFAULT_KINDS = (KindDescription("SINGLE", "USER-MATCH", 1, 2048, kind_id=LAB_KI
 #: How long a client request may take: the node's own timeout is 5 transmissions of the
 #: overlay reliability timer (§6.2.1); this bounds the wait should the node be stopped.
 CLIENT_TIMEOUT = 60.0
+#: How long :meth:`OverlayNode.replica_set` waits for each Ping (the node's own timeout is
+#: 5 transmissions of the overlay reliability timer, §6.2.1).
+REPLICA_TIMEOUT = 15.0
 #: How long a Leave may take to be acknowledged before the links close anyway.
 LEAVE_GRACE = 2.0
 DEFAULT_PORT = 6084  # §11.1 bootstrap-node default port
@@ -164,6 +168,9 @@ class DaemonConfig:
     data_dir: Path | None = None
     keepalive: float = 15.0
     log_level: str = "WARNING"
+    #: A client (RFC 6940 §4.2), not a peer: attaches through a bootstrap node, no routing
+    #: or storage.
+    client: bool = False
 
 
 def load_daemon_config(path: Path) -> DaemonConfig:
@@ -205,6 +212,11 @@ def load_daemon_config(path: Path) -> DaemonConfig:
     if not isinstance(keepalive, int | float) or keepalive <= 0:
         raise DaemonConfigError(f"{path}: keepalive must be a positive number of seconds")
     overlay_name = table.get("overlay_name")
+    client = table.get("client", False)
+    if not isinstance(client, bool):
+        raise DaemonConfigError(f"{path}: client must be true or false")
+    if client and not bootstrap:
+        raise DaemonConfigError(f"{path}: a client needs bootstrap nodes")
     return DaemonConfig(
         certificate=certificate,
         key=key,
@@ -217,6 +229,7 @@ def load_daemon_config(path: Path) -> DaemonConfig:
         data_dir=base / str(data_dir) if data_dir is not None else None,
         keepalive=float(keepalive),
         log_level=str(table.get("log_level", "WARNING")).upper(),
+        client=client,
     )
 
 
@@ -273,6 +286,7 @@ class OverlayNode:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._last_heard: dict[bytes, float] = {}
         self._keepalive_pings: dict[int, bytes] = {}  # handle -> neighbour
+        self._reconnecting = False
         self.joined = asyncio.Event()
         #: Overlay hops the last answer to a client request travelled (Via List + 1).
         self.last_hops = 0
@@ -313,6 +327,8 @@ class OverlayNode:
         if self.keepalive > 0:
             self._keepalive_task = asyncio.ensure_future(self._keepalive_loop())
         if not self.bootstrap:
+            if config.client:
+                raise ConnectionError("a client needs a bootstrap node (RFC 6940 §4.2.1)")
             self.node.join(None, time.time())
             self._service()
         else:
@@ -333,10 +349,21 @@ class OverlayNode:
             peer = conn.peer_node_id
             assert peer is not None
             self._register(conn, peer)
-            self._n.join(peer, time.time())
+            where = IpAddressPort(ipaddress.ip_address(address[0]), address[1])
+            self._n.join(peer, time.time(), where)
             self._service()
             return
         raise ConnectionError("no bootstrap node answered: " + "; ".join(errors))
+
+    async def _reconnect_client(self) -> None:
+        """A client without any link (its attached peer and the bootstrap peers it knew are
+        gone) starts over through the configured bootstrap addresses (§4.2.1, §11.4)."""
+        try:
+            await self._join_through_bootstrap()
+        except ConnectionError as exc:
+            log.info("%s: client cannot reconnect: %s", self.node_id.hex()[:8], exc)
+        finally:
+            self._reconnecting = False
 
     async def close(self) -> None:
         """Leave the overlay (§10.9) and close every link and socket."""
@@ -574,7 +601,14 @@ class OverlayNode:
         each (see the module documentation): the traffic is the point, not the answer."""
         while True:
             await asyncio.sleep(self.keepalive / 2)
-            if self.node is None or self._stopped or not self.node.joined:
+            if self.node is None or self._stopped:
+                continue
+            if self.node.client and not self._links and not self._opening:
+                if not self._reconnecting:
+                    self._reconnecting = True
+                    self._spawn(self._reconnect_client())
+                continue
+            if not self.node.joined:
                 continue
             quiet_since = time.monotonic() - self.keepalive
             waiting = set(self._keepalive_pings.values())
@@ -586,7 +620,7 @@ class OverlayNode:
 
     # --- client API -----------------------------------------------------------------------
 
-    async def _request(self, handle: int, timeout: float | None) -> MessageBody:
+    async def _request_done(self, handle: int, timeout: float | None) -> RequestDone:
         future: asyncio.Future[RequestDone] = asyncio.get_running_loop().create_future()
         self._pending[handle] = future
         self._service()
@@ -599,6 +633,11 @@ class OverlayNode:
             raise ReloadRequestError(done.error, done.error_info)
         assert done.answer is not None
         self.last_hops = done.hops
+        return done
+
+    async def _request(self, handle: int, timeout: float | None) -> MessageBody:
+        done = await self._request_done(handle, timeout)
+        assert done.answer is not None
         return done.answer
 
     async def store(
@@ -624,13 +663,40 @@ class OverlayNode:
         resource_id: bytes,
         specifiers: Sequence[StoredDataSpecifier] | int,
         *,
+        at: bytes | None = None,
         timeout: float | None = None,
     ) -> FetchAns:
-        """Fetch (§7.4.2); an int is a Kind-ID fetched whole (SINGLE, or every key/index)."""
+        """Fetch (§7.4.2); an int is a Kind-ID fetched whole (SINGLE, or every key/index).
+        With ``at``, the Fetch goes to the node with that Node-ID, which answers from its
+        own store, replicas included (a replica of :meth:`replica_set`)."""
         specs = [StoredDataSpecifier(specifiers)] if isinstance(specifiers, int) else specifiers
-        answer = await self._request(self._n.fetch(resource_id, specs, time.time()), timeout)
+        handle = self._n.fetch(resource_id, specs, time.time(), at=at)
+        answer = await self._request(handle, timeout)
         assert isinstance(answer, FetchAns)
         return answer
+
+    async def replica_set(
+        self, resource_id: bytes, *, count: int | None = None, timeout: float = REPLICA_TIMEOUT
+    ) -> list[bytes]:
+        """The Node-IDs that should hold ``resource_id``: the responsible peer and its
+        successors (§10.4; ``count`` defaults to the overlay's replication, 3), learnt with
+        Pings: the responsible peer answers a Ping to the Resource-ID, the successor of a
+        peer N answers a Ping to N+1 (§10.3). Each Ping waits at most ``timeout`` seconds;
+        the list is shorter when the ring is, or when a Ping fails."""
+        wanted = count if count is not None else self._n.config.replication
+        chain: list[bytes] = []
+        target = resource_id
+        for _ in range(max(0, wanted)):
+            try:
+                done = await self._request_done(self._n.ping(target, time.time()), timeout)
+            except ReloadRequestError as exc:
+                log.info("replica_set: Ping to %s failed: %s", target.hex()[:8], exc)
+                break
+            if not done.responder or done.responder in chain:
+                break  # the ring has fewer peers than asked for
+            chain.append(done.responder)
+            target = chord.add(done.responder, 1)
+        return chain
 
     async def fetch_single(
         self, resource_id: bytes, kind_id: int, *, timeout: float | None = None
@@ -733,6 +799,8 @@ class OverlayNode:
                 node_config = dataclasses.replace(node_config, kinds=DEFAULT_KINDS)
         else:
             node_config = NodeConfig(overlay_name=name, kinds=DEFAULT_KINDS)
+        if config.client:
+            node_config = dataclasses.replace(node_config, client=True)
         bootstrap = list(config.bootstrap)
         if not bootstrap and overlay is not None:
             bootstrap = [(b.address, b.port) for b in overlay.bootstrap_nodes]

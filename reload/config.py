@@ -44,6 +44,8 @@ from xml.parsers import expat
 
 from cryptography import x509
 
+from reload.messages import ErrorCode
+
 BASE_NS = "urn:ietf:params:xml:ns:p2p:config-base"
 CHORD_NS = "urn:ietf:params:xml:ns:p2p:config-chord"
 
@@ -90,21 +92,17 @@ class ConfigSignatureError(ConfigError):
     """A configuration or kind-block signature that is missing, invalid or by a wrong signer."""
 
 
-class ConfigErrorCode(enum.IntEnum):
-    """The RFC 6940 error codes (§6.3.3.1, §14.9) this module can produce; the values are the
-    wire codes, so ``int(code)`` goes straight into an ErrorResponse."""
-
-    FORBIDDEN = 0x2
-    INCOMPATIBLE_WITH_OVERLAY = 0x6
-    CONFIG_TOO_OLD = 0xF
-    CONFIG_TOO_NEW = 0x10
-    INVALID_MESSAGE = 0x14
+#: The error codes this module produces are the message model's :class:`ErrorCode`
+#: (§6.3.3.1, §14.9): Error_Forbidden, Error_Incompatible_with_Overlay, Error_Config_Too_Old,
+#: Error_Config_Too_New and Error_Invalid_Message. ``ConfigErrorCode`` is the same enum under
+#: its former name, kept for existing callers.
+ConfigErrorCode = ErrorCode
 
 
 class ConfigUpdateError(ConfigError):
     """A ConfigUpdate request we refuse; ``code`` is the error to answer with (§6.5.4.2)."""
 
-    def __init__(self, code: ConfigErrorCode, reason: str) -> None:
+    def __init__(self, code: ErrorCode, reason: str) -> None:
         super().__init__(f"{code.name}: {reason}")
         self.code = code
         self.reason = reason
@@ -1036,7 +1034,7 @@ def sequence_newer(candidate: int, current: int) -> bool:
     return 0 < diff <= SEQUENCE_MODULUS // 2
 
 
-def check_sequence(ours: int, theirs: int, is_config_update: bool) -> ConfigErrorCode | None:
+def check_sequence(ours: int, theirs: int, is_config_update: bool) -> ErrorCode | None:
     """The configuration_sequence check on a received request (§6.3.2.1).
 
     ``None`` when the request may be processed. Otherwise CONFIG_TOO_OLD when the sender's
@@ -1053,8 +1051,8 @@ def check_sequence(ours: int, theirs: int, is_config_update: bool) -> ConfigErro
     if theirs == ours:
         return None
     if theirs == SEQUENCE_WILDCARD or not sequence_newer(theirs, ours):
-        return ConfigErrorCode.CONFIG_TOO_OLD
-    return ConfigErrorCode.CONFIG_TOO_NEW
+        return ErrorCode.CONFIG_TOO_OLD
+    return ErrorCode.CONFIG_TOO_NEW
 
 
 def next_sequence(sequence: int) -> int:
@@ -1122,7 +1120,7 @@ class ConfigurationState:
     def sequence(self) -> int:
         return self.configuration.sequence
 
-    def check_sequence(self, theirs: int, is_config_update: bool) -> ConfigErrorCode | None:
+    def check_sequence(self, theirs: int, is_config_update: bool) -> ErrorCode | None:
         """:func:`check_sequence` against our current configuration."""
         return check_sequence(self.sequence, theirs, is_config_update)
 
@@ -1134,7 +1132,7 @@ class ConfigurationState:
             self.apply_kinds(payload)
         else:
             raise ConfigUpdateError(
-                ConfigErrorCode.INVALID_MESSAGE, f"ConfigUpdate type {update_type} not understood"
+                ErrorCode.INVALID_MESSAGE, f"ConfigUpdate type {update_type} not understood"
             )
 
     def apply_config_data(self, config_data: bytes) -> OverlayConfiguration:
@@ -1145,16 +1143,16 @@ class ConfigurationState:
         try:
             document = parse_overlay_configuration(config_data)
         except ConfigError as exc:
-            raise ConfigUpdateError(ConfigErrorCode.INVALID_MESSAGE, str(exc)) from exc
+            raise ConfigUpdateError(ErrorCode.INVALID_MESSAGE, str(exc)) from exc
         entry = document.find(self.configuration.instance_name)
         if entry is None:
             raise ConfigUpdateError(
-                ConfigErrorCode.INCOMPATIBLE_WITH_OVERLAY, "no configuration for our overlay"
+                ErrorCode.INCOMPATIBLE_WITH_OVERLAY, "no configuration for our overlay"
             )
         new = entry.configuration
         if not sequence_newer(new.sequence, self.sequence):
             raise ConfigUpdateError(
-                ConfigErrorCode.CONFIG_TOO_OLD,
+                ErrorCode.CONFIG_TOO_OLD,
                 f"sequence {new.sequence} is not newer than ours ({self.sequence})",
             )
         try:
@@ -1167,7 +1165,7 @@ class ConfigurationState:
             )
             kind_signers = verify_kind_signatures(new, self.verify)
         except ConfigSignatureError as exc:
-            raise ConfigUpdateError(ConfigErrorCode.FORBIDDEN, str(exc)) from exc
+            raise ConfigUpdateError(ErrorCode.FORBIDDEN, str(exc)) from exc
         # §11.1: the new configuration overrides what we knew of a Kind, and Kinds signed by
         # a node no longer allowed to sign Kinds are discarded.
         kept = {
@@ -1190,7 +1188,7 @@ class ConfigurationState:
             try:
                 kind = parse_kind_block(block)
             except ConfigError as exc:
-                raise ConfigUpdateError(ConfigErrorCode.INVALID_MESSAGE, str(exc)) from exc
+                raise ConfigUpdateError(ErrorCode.INVALID_MESSAGE, str(exc)) from exc
             try:
                 signer = _signed_by(
                     self.verify,
@@ -1201,17 +1199,17 @@ class ConfigurationState:
                     self.configuration.bad_nodes,
                 )
             except ConfigSignatureError as exc:
-                raise ConfigUpdateError(ConfigErrorCode.FORBIDDEN, str(exc)) from exc
+                raise ConfigUpdateError(ErrorCode.FORBIDDEN, str(exc)) from exc
             known = self.kinds.get(kind.key)
             if known is not None and known[1] != signer:
                 raise ConfigUpdateError(
-                    ConfigErrorCode.FORBIDDEN,
+                    ErrorCode.FORBIDDEN,
                     f"kind {kind.key} is already defined by another signer",
                 )
             accepted.append((kind, signer))
         new_keys = {kind.key for kind, _ in accepted} - set(self.kinds)
         if len(self.kinds) + len(new_keys) > MAX_KINDS:
-            raise ConfigUpdateError(ConfigErrorCode.FORBIDDEN, f"more than {MAX_KINDS} Kinds")
+            raise ConfigUpdateError(ErrorCode.FORBIDDEN, f"more than {MAX_KINDS} Kinds")
         for kind, signer in accepted:
             self.kinds[kind.key] = (kind, signer)
         return [kind for kind, _ in accepted]

@@ -23,7 +23,20 @@ What it implements, with the RFC sections the code cites:
 * Storage (§7) through :class:`reload.storage.DataStore`: Store/Fetch/Stat/Find served by the
   responsible peer with the Kind's access policy and limits, replication to the two
   successors (§10.4), hand-over to a joining peer (§10.5 step 6), re-replication when the
-  replica set changes (§10.7.3) and dropping data this peer no longer replicates.
+  replica set changes (§10.7.3) and dropping data this peer no longer replicates. A Fetch
+  addressed to a Node-ID (``fetch(..., at=node_id)``) is answered from that node's store,
+  replicas included.
+* Request checks: the destination verifies the signature, then applies
+  :func:`reload.transactions.check_configuration_sequence` and
+  :func:`reload.transactions.check_request_contents` (the rules
+  :func:`reload.transactions.check_request` applies to raw messages). A message naming a
+  Kind whose data model this node does not know cannot be decoded; it is still forwarded
+  with only its forwarding header rewritten, and its destination answers
+  Error_Unknown_Kind listing every unknown Kind (§7.4.1.2).
+* Clients (§4.2, ``NodeConfig.client``): a client attaches to the peer responsible for its
+  Node-ID through a bootstrap peer (§4.2.1), sends everything through it, forwards nothing,
+  stores nothing and serves only Ping and Probe; peers never route a Resource-ID to a
+  directly connected node that is not a ring peer.
 
 Decisions the RFC leaves to us:
 
@@ -35,7 +48,7 @@ Decisions the RFC leaves to us:
   AttachAns; messages for a node whose link is expected are queued until it is up.
 * The responsible peer answers a Store once it has applied it and sent the replica Stores
   (§10.4); it does not wait for the replicas' answers. Replica Stores (and the hand-over of
-  §10.5 step 6) are accepted only from a directly connected peer; their StoredData
+  §10.5 step 6) are accepted only from a ring peer we are connected to; their StoredData
   signatures are not re-verified (the responsible peer verified them).
 * Objects instead of bytes (``wire_format=False``): the simulation passes :class:`Message`
   objects between nodes instead of their encoding, and signs a deterministic serialization
@@ -87,6 +100,7 @@ from reload.messages import (
     LeaveReq,
     Message,
     MessageBody,
+    MessageCode,
     MessageContents,
     NodeDestination,
     PingAns,
@@ -114,6 +128,7 @@ from reload.messages import (
     StoredDataValue,
     StoreKindData,
     StoreReq,
+    UnknownKindError,
     UpdateAns,
     UpdateReq,
 )
@@ -132,7 +147,12 @@ from reload.transactions import (
     TransactionError,
     TransactionFailed,
     TransactionManager,
+    check_configuration_sequence,
+    check_request_contents,
+    check_ttl,
     overlay_hash,
+    unknown_kind,
+    unknown_kinds_in,
 )
 
 __all__ = [
@@ -163,6 +183,8 @@ LINK_WAIT = 30.0
 MAX_QUEUED_PER_PEER = 64
 #: How often data outside this peer's replica range is dropped (ours; §10.7.3 says "MAY").
 MAINTENANCE_INTERVAL = 60.0
+#: How long a client waits before attaching again after a failed attempt (ours).
+CLIENT_RETRY = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +217,10 @@ class NodeConfig:
     address: IpAddressPort | None = None
     link_type: int = 4  # TLS-TCP-FH-NO-ICE (§6.5.1.1)
     default_lifetime: int = 3600  # s, lifetime of values stored through the client API
+    #: A client (§4.2, §4.2.1), not a peer: it attaches to the peer responsible for its own
+    #: Node-ID and sends everything through it; it routes nothing, stores nothing and never
+    #: enters a Routing Table.
+    client: bool = False
 
     @classmethod
     def from_overlay_configuration(
@@ -396,6 +422,8 @@ class RequestDone:
     error_info: bytes = b""
     hops: int = 0
     latency: float = 0.0
+    #: The Node-ID that signed the answer (the responsible peer of a Ping to a Resource-ID).
+    responder: bytes = b""
 
     @property
     def ok(self) -> bool:
@@ -538,6 +566,17 @@ class ReloadNode:
         self._update_on_link: dict[bytes, float] = {}
         self._join_requests: dict[bytes, tuple[Message, bytes]] = {}  # JN -> (JoinReq, prev)
         self._bootstrap: bytes | None = None
+        self._known_kinds = frozenset(self._models)
+        #: A client's bootstrap peers, in the order they are tried (§4.2.1, §11.4).
+        self._bootstraps: list[tuple[bytes, IpAddressPort | None]] = []
+        #: A client's attached peer: the peer responsible for its Node-ID (§4.2.1).
+        self.attached_peer: bytes | None = None
+        self._client_attaching = False
+        self._client_dialing: set[bytes] = set()  # bootstrap peers a link is being opened to
+        self._client_dial_next = 0
+        self._client_dial_failures = 0
+        self._client_retry_at: float | None = None
+        self._client_refresh_at: float | None = None
         self._next_handle = 1
         self._maintenance_at = now + MAINTENANCE_INTERVAL
         self._left = False
@@ -550,6 +589,9 @@ class ReloadNode:
     def link_up(self, peer_id: bytes, now: float) -> None:
         """A link to ``peer_id`` (authenticated as that Node-ID) is up."""
         if peer_id == self.node_id:
+            return
+        if self.client:
+            self._client_link_up(peer_id, now)
             return
         self.links.add(peer_id)
         queued = self._queued.pop(peer_id, None)
@@ -569,7 +611,11 @@ class ReloadNode:
             self._run(self.chord.start_join(now), now)
 
     def link_down(self, peer_id: bytes, now: float) -> None:
-        """The link to ``peer_id`` failed or was closed (§10.7.1: a failed neighbour)."""
+        """The link to ``peer_id`` failed or was closed (§10.7.1: a failed neighbour); also
+        a link that could not be opened."""
+        if self.client:
+            self._client_link_down(peer_id, now)
+            return
         was = peer_id in self.links
         self.links.discard(peer_id)
         self._connecting.pop(peer_id, None)
@@ -588,10 +634,72 @@ class ReloadNode:
             return
         try:
             msg = wire.decode_message(data, self.config.node_id_length, self._data_models())
+        except UnknownKindError:
+            self._receive_unknown_kind(peer_id, data, now)
+            return
         except ReloadDecodeError as exc:
             self._drop(peer_id, f"malformed message: {exc}")
             return
         self.receive_message(peer_id, msg, now)
+
+    def _receive_unknown_kind(self, peer_id: bytes, data: bytes, now: float) -> None:
+        """A message naming a Kind whose data model this node does not know cannot be
+        decoded, but it must still be forwarded (a node that forwards does not look at the
+        contents, §6.3.2) and, at its destination, answered with Error_Unknown_Kind listing
+        every unknown Kind (§7.4.1.2) rather than left to time out. The forwarding header is
+        read and rewritten (TTL, Via List, §6.1.2, §6.3.2); the rest travels unchanged."""
+        try:
+            header, start = wire.decode_forwarding_header(data, self.config.node_id_length)
+        except ReloadDecodeError as exc:
+            self._drop(peer_id, f"malformed message: {exc}")
+            return
+        if header.overlay != self.overlay or header.version != 0x0A or self._left:
+            self._drop(peer_id, "message for another overlay or version")
+            return
+        code = int.from_bytes(data[start : start + 2], "big")
+        is_request = code != MessageCode.ERROR and code % 2 == 1
+        dests = self._strip_me(header.destination_list)
+        step = self._next_step(dests, peer_id)
+        if step is None or isinstance(step, str):
+            if not is_request:
+                self._drop(peer_id, "a response naming an unknown Kind")
+            elif step is None:
+                unknown = unknown_kinds_in(data[start:], self._known_kinds)
+                if not unknown:
+                    self._drop(peer_id, "malformed message: unreadable Kind list")
+                    return
+                kind_error = unknown_kind(unknown)
+                self._error(header, peer_id, kind_error[0], kind_error[1], now)
+            else:
+                self._error(header, peer_id, ErrorCode.NOT_FOUND, step, now)
+            return
+        ttl_error = check_ttl(header.ttl)  # §6.3.2
+        if ttl_error is not None:
+            if is_request:
+                self._error(header, peer_id, ttl_error[0], ttl_error[1], now)
+            else:
+                self._drop(peer_id, "response TTL exceeded")
+            return
+        if step not in self.links:
+            self._drop(peer_id, "no link to the next hop of an undecodable message")
+            return
+        header = replace(
+            header,
+            ttl=header.ttl - 1,
+            via_list=(*header.via_list, NodeDestination(peer_id)),
+            destination_list=dests,
+        )
+        payload = data[start:]
+        try:
+            encoded = wire.encode_forwarding_header(
+                header, len(payload), self.config.node_id_length
+            )
+        except ReloadEncodeError as exc:
+            self._drop(peer_id, f"cannot forward: {exc}")
+            return
+        self._count("forwarded")
+        self._count("sent")
+        self._actions.append(SendMessage(step, encoded + payload))
 
     def receive_message(self, peer_id: bytes, msg: Message, now: float) -> None:
         """The object-mode entry point (the simulation's fast path); :meth:`receive` decodes
@@ -604,6 +712,12 @@ class ReloadNode:
             return
         if h.version != 0x0A:  # §6.3.2: "Nodes MUST reject messages with other versions"
             self._drop(peer_id, f"unsupported RELOAD version {h.version:#04x}")
+            return
+        if h.ttl > self.config.initial_ttl and _is_request(msg):
+            # §6.3.2: a TTL above initial-ttl is discarded with Error_TTL_Exceeded (the rule
+            # of reload.transactions.check_request and check_forwarding)
+            text = f"TTL {h.ttl} > initial-ttl {self.config.initial_ttl}"
+            self._error(msg, peer_id, ErrorCode.TTL_EXCEEDED, text, now)
             return
         self._route(msg, peer_id, now)
 
@@ -619,11 +733,18 @@ class ReloadNode:
         if self._left:
             return None
         candidates = [self._maintenance_at]
-        for t in (
+        timers = (
             self.chord.next_timer(),
             self.transactions.next_timer(),
             self.store_.next_expiry(),
-        ):
+        )
+        if self.client:  # no topology, no storage (§4.2)
+            timers = (
+                self.transactions.next_timer(),
+                self._client_retry_at,
+                self._client_refresh_at,
+            )
+        for t in timers:
             if t is not None:
                 candidates.append(t)
         candidates.extend(q.deadline for q in self._queued.values())
@@ -648,6 +769,11 @@ class ReloadNode:
         for peer, deadline in list(self._update_on_link.items()):
             if deadline <= now:
                 del self._update_on_link[peer]
+        if self.client:
+            if self._maintenance_at <= now:
+                self._maintenance_at = now + MAINTENANCE_INTERVAL
+            self._client_timer(now)
+            return
         self._run(self.chord.handle_timer(now), now)
         self.store_.expire(now)
         if self._maintenance_at <= now:
@@ -661,7 +787,22 @@ class ReloadNode:
     ) -> None:
         """Join the overlay through ``bootstrap_peer_id`` (§10.5, §11.4), or create it when
         None (the first peer). Without a link to the bootstrap node yet, an :class:`OpenLink`
-        is emitted and the join starts on :meth:`link_up`."""
+        is emitted and the join starts on :meth:`link_up`.
+
+        A client (``NodeConfig.client``) needs a bootstrap peer: it attaches to the peer
+        responsible for its Node-ID through it (§4.2.1) instead of joining; every call adds
+        a bootstrap peer it may fall back on (:meth:`add_bootstrap`)."""
+        if self.client:
+            if bootstrap_peer_id is None:
+                raise ValueError("a client cannot create an overlay: give a bootstrap peer")
+            self.add_bootstrap(bootstrap_peer_id, address)
+            if bootstrap_peer_id in self.links:
+                self._client_attach(now)
+            elif not self.links and not self._client_dialing:
+                # the first bootstrap peer; the others are fallbacks
+                self._client_dialing.add(bootstrap_peer_id)
+                self._actions.append(OpenLink(bootstrap_peer_id, address))
+            return
         if bootstrap_peer_id is None:
             self._run(self.chord.create(now), now)
             return
@@ -672,15 +813,31 @@ class ReloadNode:
             self._actions.append(OpenLink(bootstrap_peer_id, address))
 
     def leave(self, now: float) -> None:
-        """Leave the overlay (§10.9): a LeaveReq to every neighbour, then close the links."""
-        self._run(self.chord.leave(now), now)
+        """Leave the overlay (§10.9): a LeaveReq to every neighbour, then close the links. A
+        client, which is in nobody's Neighbor Table, only closes its links."""
+        if not self.client:
+            self._run(self.chord.leave(now), now)
         for peer in sorted(self.links):
             self._actions.append(CloseLink(peer))
         self._left = True
 
     @property
     def joined(self) -> bool:
+        """A peer is in the ring (§10.5 step 9); a client is attached to a peer (§4.2.1)."""
+        if self.client:
+            return self.attached_peer is not None
         return self.chord.joined
+
+    @property
+    def client(self) -> bool:
+        return self.config.client
+
+    def add_bootstrap(self, peer_id: bytes, address: IpAddressPort | None = None) -> None:
+        """A bootstrap peer a client may attach through when its attached peer fails."""
+        if peer_id == self.node_id:
+            return
+        self._bootstraps = [(p, a) for p, a in self._bootstraps if p != peer_id]
+        self._bootstraps.append((peer_id, address))
 
     # --- public API: client requests ------------------------------------------------------
 
@@ -708,12 +865,23 @@ class ReloadNode:
         return self._client_request(req, (ResourceDestination(resource_id),), now)
 
     def fetch(
-        self, resource_id: bytes, specifiers: Sequence[StoredDataSpecifier], now: float
+        self,
+        resource_id: bytes,
+        specifiers: Sequence[StoredDataSpecifier],
+        now: float,
+        *,
+        at: bytes | None = None,
     ) -> int:
-        """Fetch (§7.4.2)."""
-        return self._client_request(
-            FetchReq(resource_id, tuple(specifiers)), (ResourceDestination(resource_id),), now
-        )
+        """Fetch (§7.4.2) from the peer responsible for ``resource_id``, or, with ``at``, from
+        the node with that Node-ID (the Destination List is that Node-ID, §6.3.2.2): it
+        answers from its own store, replicas included (§10.4), which is how a reader checks
+        each replica (a value that fails verification at one replica, say)."""
+        destination: Destination = ResourceDestination(resource_id)
+        if at is not None:
+            if len(at) != self.config.node_id_length:
+                raise ValueError("Node-ID of the wrong length")
+            destination = NodeDestination(at)
+        return self._client_request(FetchReq(resource_id, tuple(specifiers)), (destination,), now)
 
     def stat(
         self, resource_id: bytes, specifiers: Sequence[StoredDataSpecifier], now: float
@@ -730,8 +898,12 @@ class ReloadNode:
         )
 
     def ping(self, destination: bytes, now: float) -> int:
-        """Ping (§6.5.3) the node (or the peer responsible for the Resource-ID) ``destination``."""
-        return self._client_request(PingReq(), (ResourceDestination(destination),), now)
+        """Ping (§6.5.3) the node ``destination`` when it is directly connected (a keep-alive),
+        else the peer responsible for ``destination`` as a Resource-ID (§10.3)."""
+        target: Destination = ResourceDestination(destination)
+        if destination in self.links:
+            target = NodeDestination(destination)
+        return self._client_request(PingReq(), (target,), now)
 
     def route_query(self, peer_id: bytes, destination: bytes, now: float) -> int:
         """RouteQuery (§6.4.2.4): ask ``peer_id`` where it would route ``destination``."""
@@ -824,21 +996,30 @@ class ReloadNode:
         self._new_request(body, destinations, "client", now, handle=handle)
         return handle
 
-    def _answer(self, request: Message, prev: bytes | None, body: MessageBody, now: float) -> None:
+    def _answer(
+        self, request: Message | ForwardingHeader, prev: bytes | None, body: MessageBody, now: float
+    ) -> None:
         """Send the answer to ``request`` (§6.2.2): the Destination List is the request's
-        Via List, completed with the hop it came from, reversed."""
-        via = request.header.via_list
+        Via List, completed with the hop it came from, reversed. Only the request's
+        forwarding header is needed (a request that could not be decoded is answered too)."""
+        header = request.header if isinstance(request, Message) else request
+        via = header.via_list
         if prev is not None:
             via = (*via, NodeDestination(prev))
-        response = self._build(body, tuple(reversed(via)), request.header.transaction_id)
-        self._answers[request.header.transaction_id] = response
+        response = self._build(body, tuple(reversed(via)), header.transaction_id)
+        self._answers[header.transaction_id] = response
         while len(self._answers) > self.responses.max_entries:
             self._answers.popitem(last=False)
-        self.responses.record(request.header.transaction_id, b"", now)
+        self.responses.record(header.transaction_id, b"", now)
         self._route(response, None, now)
 
     def _error(
-        self, request: Message, prev: bytes | None, code: ErrorCode, info: bytes | str, now: float
+        self,
+        request: Message | ForwardingHeader,
+        prev: bytes | None,
+        code: ErrorCode,
+        info: bytes | str,
+        now: float,
     ) -> None:
         if isinstance(info, str):
             info = info.encode("utf-8")[:0xFFFF]
@@ -854,17 +1035,17 @@ class ReloadNode:
         """Deliver ``msg`` here or forward it one hop (§6.1.2). ``prev`` is the node it came
         from, None for a message this node sends."""
         h = msg.header
-        dests = h.destination_list
-        while dests and self._is_me(dests[0]):
-            dests = dests[1:]  # §6.1.2: an entry naming this node is removed
+        dests = self._strip_me(h.destination_list)
         if h.options and prev is not None:
-            # §6.3.2.3: we understand no forwarding option; a critical one we would have to
-            # act on (forwarding, or as the destination) is refused
+            # §6.3.2.3: we understand no forwarding option; one that is critical to a node
+            # that forwards is refused here, one critical at the destination by
+            # reload.transactions.check_request_contents (requests) or below (responses)
             flag = ForwardingOptionFlag.DESTINATION_CRITICAL
             if dests:
                 flag = ForwardingOptionFlag.FORWARD_CRITICAL
-            if any(o.flags & flag for o in h.options):
-                if msg.contents.body.CODE % 2 == 1:
+            is_request = _is_request(msg)
+            if any(o.flags & flag for o in h.options) and (dests or not is_request):
+                if is_request:
                     self._error(
                         msg,
                         prev,
@@ -875,43 +1056,21 @@ class ReloadNode:
                 else:
                     self._drop(prev, "response with an unsupported critical forwarding option")
                 return
-        if not dests:
+        step = self._next_step(dests, prev)
+        if step is None:
             self._deliver(msg, prev, now)
             return
-        first = dests[0]
-        next_hop: bytes | None
-        if isinstance(first, NodeDestination):
-            target = first.node_id
-            if target == _wildcard(self.config.node_id_length):
-                self._deliver(msg, prev, now)  # §6.1.1: wildcard is consumed locally
-                return
-            if target in self.links or target in self._queued or target in self._connecting:
-                next_hop = target
-            else:
-                next_hop = self._next_hop(target)
-                if next_hop is None:
-                    self._unroutable(msg, prev, f"no route to Node-ID {target.hex()}", now)
-                    return
-        elif isinstance(first, ResourceDestination):
-            if len(first.resource_id) != self.config.node_id_length:
-                self._unroutable(msg, prev, "Resource-ID of the wrong length", now)
-                return
-            next_hop = self._next_hop(first.resource_id, avoid=prev)
-            if next_hop is None:
-                if len(dests) == 1:
-                    self._deliver(msg, prev, now)  # §10.3: this peer is responsible
-                else:
-                    self._unroutable(msg, prev, "a resource must end the Destination List", now)
-                return
-        else:
-            self._unroutable(msg, prev, "compressed/opaque destinations are not supported", now)
+        if isinstance(step, str):
+            self._unroutable(msg, prev, step, now)
             return
+        next_hop = step
         if prev is not None:
             # §6.3.2: every node that forwards decrements the TTL; at zero it answers
             # Error_TTL_Exceeded instead of forwarding
-            if h.ttl == 0:
-                if msg.contents.body.CODE % 2 == 1:
-                    self._error(msg, prev, ErrorCode.TTL_EXCEEDED, "TTL exceeded", now)
+            ttl_error = check_ttl(h.ttl)
+            if ttl_error is not None:
+                if _is_request(msg):
+                    self._error(msg, prev, ttl_error[0], ttl_error[1], now)
                 else:
                     self._drop(prev, "response TTL exceeded")
                 return
@@ -927,15 +1086,56 @@ class ReloadNode:
             msg = replace(msg, header=replace(h, destination_list=dests))
         self._transmit(next_hop, msg, now)
 
+    def _strip_me(self, dests: tuple[Destination, ...]) -> tuple[Destination, ...]:
+        while dests and self._is_me(dests[0]):
+            dests = dests[1:]  # §6.1.2: an entry naming this node is removed
+        return dests
+
+    def _next_step(self, dests: tuple[Destination, ...], prev: bytes | None) -> bytes | str | None:
+        """Where a message with the Destination List ``dests`` (this node's entries already
+        removed) goes (§6.1.2): None to deliver it here, the next hop's Node-ID, or why it
+        cannot be routed."""
+        if not dests:
+            return None
+        first = dests[0]
+        if self.client and prev is not None:
+            # §4.2: a client routes nothing for others; only messages addressed to it (its
+            # entries removed above) are for it
+            return "a client does not forward messages"
+        if isinstance(first, NodeDestination):
+            target = first.node_id
+            if target == _wildcard(self.config.node_id_length):
+                return None  # §6.1.1: wildcard is consumed locally
+            if target in self.links or target in self._queued or target in self._connecting:
+                return target
+            hop = self._client_hop() if self.client else self._next_hop(target)
+            return hop if hop is not None else f"no route to Node-ID {target.hex()}"
+        if isinstance(first, ResourceDestination):
+            if len(first.resource_id) != self.config.node_id_length:
+                return "Resource-ID of the wrong length"
+            if self.client:  # a client is responsible for nothing (§4.2): its peer routes
+                hop = self._client_hop()
+                return hop if hop is not None else "the client has no link to a peer"
+            hop = self._next_hop(first.resource_id, avoid=prev)
+            if hop is None:
+                if len(dests) == 1:
+                    return None  # §10.3: this peer is responsible
+                return "a resource must end the Destination List"
+            return hop
+        return "compressed/opaque destinations are not supported"
+
     def _next_hop(self, destination: bytes, avoid: bytes | None = None) -> bytes | None:
         """§10.3 through the Chord table, not back to ``avoid`` (the previous hop) while
         there is another choice; a node that is not yet in the ring sends through its
-        admitting or bootstrap peer."""
-        hop = self.chord.table.next_hop(destination, avoid)
+        admitting or bootstrap peer. The table's Resource-ID routing never picks a
+        directly connected node that is not a ring peer (a client, a Joining Node): it is
+        responsible for nothing (§4.2, §10.3)."""
+        table = self.chord.table
+        hop = table.next_hop(destination, avoid, resource=True)
         if hop is not None and hop not in self.links and hop not in self._queued:
             # the table lists a peer whose link is gone: forget it (§10.7.1) and retry
-            self.chord.table.peer_down(hop)
-            hop = self.chord.table.next_hop(destination, avoid)
+            table.peer_down(hop)
+            hop = table.next_hop(destination, avoid, resource=True)
         if hop is None and not self.chord.joined:
             for candidate in (self.chord.admitting_peer, self._bootstrap):
                 if candidate is not None and candidate in self.links:
@@ -964,7 +1164,7 @@ class ReloadNode:
             self._actions.append(SendMessage(peer, b"", msg))
 
     def _unroutable(self, msg: Message, prev: bytes | None, reason: str, now: float) -> None:
-        if msg.contents.body.CODE % 2 == 1 and prev is not None:
+        if _is_request(msg) and prev is not None:
             self._error(msg, prev, ErrorCode.NOT_FOUND, reason, now)
         else:
             self._drop(prev, reason)
@@ -1029,14 +1229,17 @@ class ReloadNode:
             # a forged copy must not make the genuine request look like a duplicate
             self.responses.forget(transaction_id)
             return
-        if msg.header.configuration_sequence != self.config.configuration_sequence:
-            seq = msg.header.configuration_sequence
-            code_ = (
-                ErrorCode.CONFIG_TOO_OLD
-                if seq < self.config.configuration_sequence
-                else ErrorCode.CONFIG_TOO_NEW
-            )
-            self._error(msg, prev, code_, "configuration sequence differs", now)
+        # The request checks of reload.transactions.check_request, on the decoded message:
+        # configuration sequence (§6.3.2.1), critical options and extensions (§6.3.2.3,
+        # §6.3.3), Error_Unknown_Kind listing every unknown Kind (§7.4.1.2). Ours verifies
+        # the signature first (above) so that a forged copy never produces an answer.
+        error = check_configuration_sequence(
+            msg.header.configuration_sequence,
+            self.config.configuration_sequence,
+            is_config_update=code == MessageCode.CONFIG_UPDATE_REQ,
+        ) or check_request_contents(msg, self._known_kinds)
+        if error is not None:
+            self._error(msg, prev, error[0], error[1], now)
             return
         self._count("requests_served")
         self._serve(msg, prev, identity, now)
@@ -1064,9 +1267,12 @@ class ReloadNode:
                     body.error_info,
                     hops,
                     now - request.started,
+                    responder,
                 )
             else:
-                done = RequestDone(request.handle, body, None, b"", hops, now - request.started)
+                done = RequestDone(
+                    request.handle, body, None, b"", hops, now - request.started, responder
+                )
             self._actions.append(done)
             return
         self._internal_response(request, body, responder, now)
@@ -1100,6 +1306,8 @@ class ReloadNode:
             self._connecting[responder] = now + LINK_WAIT
             address = body.candidates[0].addr_port if body.candidates else None
             self._actions.append(OpenLink(responder, address))
+        elif request.purpose == "client-attach":
+            self._client_attached(body, failed, responder, now)
         elif request.purpose == "join":
             admitting = request.target
             self._run(self.chord.on_join_answer(admitting, not failed, now), now)
@@ -1111,6 +1319,11 @@ class ReloadNode:
     def _serve(self, msg: Message, prev: bytes | None, who: Identity, now: float) -> None:
         body = msg.contents.body
         sender = who.node_id or b""
+        if self.client and not isinstance(body, PingReq | ProbeReq):
+            # §4.2: a client has no routing or storage responsibilities; it answers Ping and
+            # Probe (its own liveness) and nothing a peer is asked for
+            self._error(msg, prev, ErrorCode.FORBIDDEN, "a client is not a peer", now)
+            return
         if isinstance(body, AttachReq):
             self._serve_attach(msg, prev, body, sender, now)
         elif isinstance(body, StoreReq):
@@ -1222,7 +1435,9 @@ class ReloadNode:
         for t in body.requested_info:
             if t == ProbeInformationType.RESPONSIBLE_SET:
                 preds = self.chord.table.predecessors
-                if preds:
+                if self.client:
+                    share = 0  # §4.2: a client is responsible for nothing
+                elif preds:
                     modulus = 1 << (8 * self.config.node_id_length)
                     span = int.from_bytes(self.node_id, "big") - int.from_bytes(preds[0], "big")
                     share = (span % modulus) * (1 << 32) // modulus
@@ -1253,10 +1468,12 @@ class ReloadNode:
     ) -> None:
         """§7.4.1: an original store is checked against the Kind's policy and limits with the
         verified signers of the request and of every value (§7.1), then replicated to our two
-        successors (§10.4). A replica store is accepted from a neighbour only."""
+        successors (§10.4). A replica store is accepted from a ring peer of our Routing Table
+        only: not from a client or Joining Node we have a link to (§4.2), since a replica is
+        not checked against the access policy again."""
         if body.replica_number != 0:
             sender = who.node_id
-            if sender is None or not (self.chord.table.is_peer(sender) or sender in self.links):
+            if sender is None or not self.chord.table.is_peer(sender):
                 self._error(msg, prev, ErrorCode.FORBIDDEN, "replica store from a stranger", now)
                 return
             result = self.store_.store(body, who, now)
@@ -1350,6 +1567,120 @@ class ReloadNode:
                 self.joined_at = now
                 self._actions.append(Joined(action.admitting_peer))
 
+    # --- clients (§4.2, §4.2.1) ------------------------------------------------------------
+
+    def _client_hop(self) -> bytes | None:
+        """A client sends everything through its attached peer; before it has one (or after
+        it failed) through a bootstrap peer it has a link to."""
+        if self.attached_peer is not None and self.attached_peer in self.links:
+            return self.attached_peer
+        for peer, _address in self._bootstraps:
+            if peer in self.links:
+                return peer
+        return next(iter(sorted(self.links)), None)
+
+    def _client_link_up(self, peer_id: bytes, now: float) -> None:
+        self.links.add(peer_id)
+        self._client_dialing.discard(peer_id)
+        self._client_dial_failures = 0
+        queued = self._queued.pop(peer_id, None)
+        if peer_id in self._connecting:
+            del self._connecting[peer_id]  # the link to the answerer of our Attach
+            self._client_set_attached(peer_id, now)
+        if queued is not None:
+            for msg in queued.messages:
+                self._transmit(peer_id, msg, now)
+        if self.attached_peer is None:
+            self._client_attach(now)
+
+    def _client_link_down(self, peer_id: bytes, now: float) -> None:
+        was = peer_id in self.links
+        self.links.discard(peer_id)
+        self._queued.pop(peer_id, None)
+        opening = self._connecting.pop(peer_id, None) is not None
+        dialing = peer_id in self._client_dialing
+        self._client_dialing.discard(peer_id)
+        if self._left:
+            return
+        if was:
+            self._actions.append(PeerDown(peer_id))
+        if peer_id == self.attached_peer:
+            self.attached_peer = None
+        if self.attached_peer is not None:
+            return
+        if dialing:
+            self._client_dial_failures += 1
+        if opening or (dialing and self._client_dial_failures >= len(self._bootstraps)):
+            # the answerer of our Attach, or every bootstrap peer, could not be reached: try
+            # again a little later rather than at once
+            self._client_dial_failures = 0
+            self._client_retry_at = now + CLIENT_RETRY
+            return
+        self._client_attach(now)
+
+    def _client_attach(self, now: float) -> None:
+        """§4.2.1 (first option): connect to the peer responsible for our Node-ID, so that
+        messages for our Node-ID reach us through it. An Attach to our Node-ID as a
+        Resource-ID goes through a peer we have a link to, which routes it to the
+        responsible peer; we open a link to the answerer (no ICE, DESIGN.md §4). Without any
+        link, one is opened to the next bootstrap peer first."""
+        if self._left or self._client_attaching:
+            return
+        if self._client_hop() is None:
+            if self._client_dialing or not self._bootstraps:
+                return
+            peer, address = self._bootstraps[self._client_dial_next % len(self._bootstraps)]
+            self._client_dial_next += 1
+            self._client_dialing.add(peer)
+            self._actions.append(OpenLink(peer, address))
+            return
+        self._client_attaching = True
+        self._client_retry_at = None
+        body = AttachReq(b"", b"", b"active", self._candidates(), False)
+        self._new_request(body, (ResourceDestination(self.node_id),), "client-attach", now)
+
+    def _client_attached(
+        self, body: MessageBody, failed: bool, responder: bytes, now: float
+    ) -> None:
+        self._client_attaching = False
+        if failed or not isinstance(body, AttachAns) or not responder:
+            self._client_retry_at = now + CLIENT_RETRY
+            return
+        if responder == self.node_id:
+            self._client_retry_at = now + CLIENT_RETRY
+            return
+        address = body.candidates[0].addr_port if body.candidates else None
+        if address is not None:
+            self.add_bootstrap(responder, address)  # one more peer to fall back on
+        if responder in self.links:
+            self._client_set_attached(responder, now)
+            return
+        self._connecting[responder] = now + LINK_WAIT
+        self._actions.append(OpenLink(responder, address))
+
+    def _client_set_attached(self, peer: bytes, now: float) -> None:
+        changed = peer != self.attached_peer
+        self.attached_peer = peer
+        self._client_retry_at = None
+        self._client_refresh_at = now + self.config.chord_update_interval
+        if self.joined_at is None:
+            self.joined_at = now
+        if changed:
+            self._actions.append(Joined(peer))
+
+    def _client_timer(self, now: float) -> None:
+        if self._client_retry_at is not None and self._client_retry_at <= now:
+            self._client_retry_at = None
+            if self.attached_peer is None:
+                self._client_attach(now)
+        if self._client_refresh_at is not None and self._client_refresh_at <= now:
+            # §4.2.1: the peer responsible for our Node-ID changes when peers join or leave
+            # near it; clients get no Updates from us, so they ask again every
+            # chord-update-interval (the answerer becomes the attached peer)
+            self._client_refresh_at = now + self.config.chord_update_interval
+            if self.attached_peer is not None:
+                self._client_attach(now)
+
     def _candidates(self) -> tuple[IceCandidate, ...]:
         if self.config.address is None:
             return ()
@@ -1371,6 +1702,12 @@ class ReloadNode:
     def holds(self, resource_id: bytes) -> bool:
         """Whether this node stores anything for ``resource_id``."""
         return resource_id in set(self.store_.resource_ids())
+
+
+def _is_request(msg: Message) -> bool:
+    """Requests have odd message codes; 0xFFFF (odd too) is the ErrorResponse (§6.3.3)."""
+    code = msg.contents.body.CODE
+    return code != MessageCode.ERROR and code % 2 == 1
 
 
 def _error_code(code: int) -> ErrorCode:

@@ -17,6 +17,12 @@ from random nodes, let them replicate for one stabilization interval, then churn
 or crash and new ones join, ``churn`` percent of N per minute) while random nodes fetch the
 stored values; it reports hops, fetch success rate and fetch latency.
 
+Clients (§4.2) join with :meth:`SimNetwork.add_client` (``run_simulation(clients=K)``): they
+attach to the peer responsible for their Node-ID and issue their share of the fetches.
+
+Every collection whose order reaches the node code or the random draws is iterated in sorted
+order, so a seed gives the same run whatever ``PYTHONHASHSEED`` is.
+
 Two ways to build the initial overlay: ``bootstrap="protocol"`` joins the nodes one after
 the other through the full CHORD-RELOAD join (§10.5), which is what the tests use;
 ``bootstrap="oracle"`` (the default above 300 nodes) fills every node's Neighbor and Finger
@@ -28,6 +34,7 @@ always use the protocol.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import itertools
 import math
@@ -111,6 +118,8 @@ class SimNetwork:
         self.done: dict[tuple[bytes, int], RequestDone] = {}
         self.dropped: list[tuple[bytes, MessageDropped]] = []
         self.joined: set[bytes] = set()
+        #: Clients (§4.2) and the peer each is attached to (None until it is).
+        self.clients: dict[bytes, bytes | None] = {}
         self.delivered = 0
 
     # --- scheduling ---------------------------------------------------------------------
@@ -148,11 +157,11 @@ class SimNetwork:
             if node_id not in self.nodes and node_id != b"\xff" * len(node_id):
                 return node_id
 
-    def add_node(self, node_id: bytes | None = None) -> ReloadNode:
+    def add_node(self, node_id: bytes | None = None, *, client: bool = False) -> ReloadNode:
         node_id = node_id if node_id is not None else self.new_node_id()
         node = ReloadNode(
             node_id,
-            self.config,
+            dataclasses.replace(self.config, client=True) if client else self.config,
             self.authority.context(node_id),
             self.now,
             rng=random.Random(self.rng.getrandbits(64)),
@@ -176,6 +185,21 @@ class SimNetwork:
             bootstrap = self.random_joined()
         node = self.add_node()
         node.join(bootstrap, self.now)
+        self._after(node)
+        return node
+
+    def add_client(self, bootstraps: list[bytes] | None = None) -> ReloadNode:
+        """A client (§4.2) that attaches through the first of ``bootstraps`` (default: three
+        random joined peers) and falls back on the others."""
+        if bootstraps is None:
+            members = sorted(self.joined & self.alive)
+            bootstraps = self.rng.sample(members, min(3, len(members)))
+        if not bootstraps:
+            raise ValueError("a client needs a bootstrap peer")
+        node = self.add_node(client=True)
+        self.clients[node.node_id] = None
+        for bootstrap in bootstraps:
+            node.join(bootstrap, self.now)
         self._after(node)
         return node
 
@@ -239,7 +263,7 @@ class SimNetwork:
                 j = bisect.bisect_left(ints, target) % n
                 wanted.add(ids[j])
             wanted.discard(node_id)
-            for peer in wanted:
+            for peer in sorted(wanted):  # deterministic whatever the hash seed
                 self._connect_now(node_id, peer)
         for node_id in ids:
             node = self.nodes[node_id]
@@ -284,7 +308,10 @@ class SimNetwork:
             elif isinstance(action, RequestDone):
                 self.done[(node_id, action.handle)] = action
             elif isinstance(action, Joined):
-                self.joined.add(node_id)
+                if node.client:
+                    self.clients[node_id] = action.admitting_peer
+                else:
+                    self.joined.add(node_id)
             elif isinstance(action, MessageDropped):
                 self.dropped.append((node_id, action))
         when = node.next_timer()
@@ -380,10 +407,10 @@ class SimNetwork:
         self._after(node)
         return handle
 
-    def fetch_value(self, node_id: bytes, resource: bytes) -> int:
-        """``node_id`` fetches :data:`SIM_KIND` at ``resource``."""
+    def fetch_value(self, node_id: bytes, resource: bytes, *, at: bytes | None = None) -> int:
+        """``node_id`` fetches :data:`SIM_KIND` at ``resource`` (from the node ``at``)."""
         node = self.nodes[node_id]
-        handle = node.fetch(resource, [StoredDataSpecifier(SIM_KIND)], self.now)
+        handle = node.fetch(resource, [StoredDataSpecifier(SIM_KIND)], self.now, at=at)
         self._after(node)
         return handle
 
@@ -409,6 +436,12 @@ class SimNetwork:
         j = bisect.bisect_left(members, resource)
         return members[j % len(members)]
 
+    def replica_set(self, resource: bytes, count: int = 3) -> list[bytes]:
+        """The responsible peer and its successors from the global view (§10.4)."""
+        members = sorted(self.joined & self.alive)
+        j = bisect.bisect_left(members, resource)
+        return [members[(j + i) % len(members)] for i in range(min(count, len(members)))]
+
 
 @dataclass
 class SimReport:
@@ -430,6 +463,9 @@ class SimReport:
     messages: int = 0
     wall_time: float = 0.0
     bootstrap: str = "oracle"
+    clients: int = 0
+    client_fetches: int = 0
+    client_fetches_ok: int = 0
 
     @property
     def success_rate(self) -> float:
@@ -464,6 +500,14 @@ class SimReport:
             f" ({self.orphaned} more issued by readers that left before the answer)",
             f"fetch latency: mean {1000 * self.mean_latency:.1f} ms, "
             f"p99 {1000 * self.p99_latency:.1f} ms",
+            *(
+                [
+                    f"clients: {self.clients}; their fetches: "
+                    f"{self.client_fetches_ok}/{self.client_fetches} ok"
+                ]
+                if self.clients
+                else []
+            ),
             f"wall time: {self.wall_time:.1f} s",
         ]
 
@@ -486,15 +530,18 @@ def run_simulation(
     fetches_per_minute: int | None = None,
     bootstrap: str | None = None,
     wire_format: bool = False,
+    clients: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> SimReport:
-    """Build an overlay of ``nodes`` peers, store, churn and fetch (module documentation)."""
+    """Build an overlay of ``nodes`` peers, store, churn and fetch (module documentation).
+    ``clients`` clients (§4.2) attach to the overlay after the stores and issue a share of
+    the fetches (clients / (nodes + clients)) through their attached peers."""
     started = time.perf_counter()
     if nodes < 1:
         raise ValueError("at least one node")
     mode = bootstrap if bootstrap is not None else ("protocol" if nodes <= 300 else "oracle")
     net = SimNetwork(seed, wire_format=wire_format)
-    report = SimReport(nodes, churn, minutes, seed, bootstrap=mode)
+    report = SimReport(nodes, churn, minutes, seed, bootstrap=mode, clients=clients)
     say = progress if progress is not None else (lambda _text: None)
     if mode == "oracle":
         net.oracle_build(nodes)
@@ -526,6 +573,11 @@ def run_simulation(
             report.stores_ok += 1
             stored.append((resource, value))
     say(f"{report.stores_ok}/{report.stores} stores done")
+    for _ in range(clients):
+        net.add_client()
+        net.run_for(0.05)
+    if clients:
+        net.run_for(5.0)
 
     # churn and fetches
     end = net.now + 60.0 * minutes
@@ -561,6 +613,9 @@ def run_simulation(
             next_churn = net.now + net.rng.expovariate(1 / churn_gap)
         if step == next_fetch and stored:
             reader = net.random_joined()
+            if clients and net.rng.random() < clients / (nodes + clients):
+                ready = sorted(c for c, peer in net.clients.items() if peer and c in net.alive)
+                reader = net.rng.choice(ready) if ready else reader
             resource, value = net.rng.choice(stored)
             handle = net.fetch_value(reader, resource)
             fetches.append((reader, handle, value))
@@ -572,6 +627,8 @@ def run_simulation(
             report.orphaned += 1  # the reader itself left before the answer came
             continue
         report.fetches += 1
+        by_client = reader in net.clients
+        report.client_fetches += by_client
         if done is None or not done.ok or not isinstance(done.answer, FetchAns):
             continue
         found = [
@@ -582,6 +639,7 @@ def run_simulation(
         ]
         if value in found:
             report.fetches_ok += 1
+            report.client_fetches_ok += by_client
             report.hops.append(done.hops)
             report.latencies.append(done.latency)
     report.messages = net.delivered

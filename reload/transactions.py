@@ -34,7 +34,7 @@ import hashlib
 import logging
 import struct
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Generic, TypeVar
@@ -48,6 +48,7 @@ from reload.messages import (
     DataModel,
     DictionaryEntry,
     ErrorResponse,
+    FetchReq,
     FindReq,
     ForwardingHeader,
     ForwardingOptionFlag,
@@ -57,6 +58,7 @@ from reload.messages import (
     MessageContents,
     ReloadDecodeError,
     SecurityBlock,
+    StatReq,
     StoreReq,
     UnknownKindError,
 )
@@ -305,7 +307,7 @@ def check_configuration_sequence(
     verdict = config.check_sequence(own & 0xFFFF, received & 0xFFFF, is_config_update)
     if verdict is None:
         return None
-    if verdict == config.ConfigErrorCode.CONFIG_TOO_OLD:
+    if verdict == ErrorCode.CONFIG_TOO_OLD:
         return ErrorCode.CONFIG_TOO_OLD, _info(f"configuration sequence {received} < {own}")
     return ErrorCode.CONFIG_TOO_NEW, _info(f"configuration sequence {received} > {own}")
 
@@ -530,7 +532,9 @@ def check_request(
     try:
         message = wire.decode_message(raw, params.node_id_length, params.data_models)
     except UnknownKindError as exc:
-        return _reply(unknown_kind(list(exc.kinds)), header, str(exc))
+        # §7.4.1.2: the error lists every unknown Kind, not only the first the decoder met
+        unknown = unknown_kinds_in(raw[start:], params.kinds) or list(exc.kinds)
+        return _reply(unknown_kind(unknown), header, str(exc))
     except ReloadDecodeError as exc:
         return _reply((ErrorCode.INVALID_MESSAGE, _info(str(exc))), header, discard=True)
     block = message.security_block
@@ -548,6 +552,103 @@ def check_request(
     return _check_semantics(message, signer, params, verifier, bucket, now) or message
 
 
+def check_request_contents(message: Message, known_kinds: Collection[int]) -> ErrorInfo | None:
+    """Steps 5 and 6 of :func:`check_request` on a decoded request whose signature verified:
+    the one place these rules live, also used by :class:`reload.node.ReloadNode` (which
+    decodes and verifies with its own security context).
+
+    * a forwarding option critical at the destination (Error_Unsupported_Forwarding_Option,
+      §6.3.2.3) or a critical message extension (Error_Unknown_Extension, §6.3.3): we support none;
+    * a Store, Fetch, Stat or Find naming Kinds not in ``known_kinds``: Error_Unknown_Kind
+      listing all of them (§7.4.1.2, §7.4.2, §7.4.3, §7.4.4) — a Store or Fetch object built
+      in memory (the simulation) reaches this point although the decoder would have refused
+      it.
+    """
+    header, contents = message.header, message.contents
+    for option in header.options:
+        if option.flags & ForwardingOptionFlag.DESTINATION_CRITICAL:
+            # §6.3.2.3: no forwarding option is defined, so one that is critical at the
+            # destination is unsupported (FORWARD_CRITICAL concerns the nodes that forward)
+            text = f"critical forwarding option type {option.type}"
+            return ErrorCode.UNSUPPORTED_FORWARDING_OPTION, _info(text)
+    for extension in contents.extensions:
+        if extension.critical:
+            # §6.3.3: a critical extension the recipient does not understand.
+            text = f"critical extension type {extension.type}"
+            return ErrorCode.UNKNOWN_EXTENSION, _info(text)
+    body = contents.body
+    named: list[int] = []
+    if isinstance(body, FindReq):
+        named = list(body.kinds)
+    elif isinstance(body, StoreReq):
+        named = [kind_data.kind for kind_data in body.kind_data]
+    elif isinstance(body, FetchReq | StatReq):
+        named = [specifier.kind for specifier in body.specifiers]
+    unknown = [kind for kind in named if kind not in known_kinds]
+    if unknown:
+        return unknown_kind(unknown)
+    return None
+
+
+def request_kind_ids(contents: bytes) -> list[int]:
+    """The Kind-IDs a StoreReq, FetchReq or StatReq names, in order, read from the
+    MessageContents bytes (§6.3.3) without the Kinds' data models: what a node needs to
+    answer Error_Unknown_Kind with every unknown Kind (§7.4.1.2) when the decoder stopped at
+    the first one it could not parse. Other messages name none. ValueError when malformed.
+
+    StoreReq (§7.4.1.1): resource<0..255>, replica_number, StoreKindData
+    kind_data<0..2^32-1>, each kind(4) generation_counter(8) values<0..2^32-1>.
+    FetchReq/StatReq (§7.4.2.1, §7.4.3.1): resource<0..255>, StoredDataSpecifier
+    specifiers<0..2^16-1>, each kind(4) generation(8) length(2) and that many bytes.
+    """
+    data = memoryview(contents)
+    if len(data) < 6:
+        raise ValueError("MessageContents too short")
+    code = int.from_bytes(data[0:2], "big")
+    length = int.from_bytes(data[2:6], "big")
+    body = data[6 : 6 + length]
+    if len(body) != length:
+        raise ValueError("message_body runs past the contents")
+    if code not in (MessageCode.STORE_REQ, MessageCode.FETCH_REQ, MessageCode.STAT_REQ):
+        return []
+
+    def take(at: int, size: int) -> int:
+        if at + size > len(body):
+            raise ValueError("truncated message body")
+        return int.from_bytes(body[at : at + size], "big")
+
+    at = 1 + take(0, 1)  # resource<0..255>
+    kinds: list[int] = []
+    if code == MessageCode.STORE_REQ:
+        at += 1  # replica_number
+        end = at + 4 + take(at, 4)
+        at += 4
+        while at < end:
+            kinds.append(take(at, 4))
+            at += 12
+            at += 4 + take(at, 4)  # values<0..2^32-1>
+    else:
+        end = at + 2 + take(at, 2)
+        at += 2
+        while at < end:
+            kinds.append(take(at, 4))
+            at += 12
+            at += 2 + take(at, 2)  # the model_specifier's length
+    if at != end or end > len(body):
+        raise ValueError("kind list does not fill its vector")
+    return kinds
+
+
+def unknown_kinds_in(contents: bytes, known_kinds: Collection[int]) -> list[int]:
+    """The Kind-IDs of :func:`request_kind_ids` not in ``known_kinds``; empty when the
+    contents cannot be read that way."""
+    try:
+        kinds = request_kind_ids(contents)
+    except ValueError:
+        return []
+    return [kind for kind in dict.fromkeys(kinds) if kind not in known_kinds]
+
+
 def _check_semantics(
     message: Message,
     signer: VerifiedSigner,
@@ -557,23 +658,10 @@ def _check_semantics(
     now: datetime.datetime | None,
 ) -> ErrorReply | None:
     """Steps 5-7 of :func:`check_request`, on a decoded request whose signature verified."""
-    header, contents = message.header, message.contents
-    critical = ForwardingOptionFlag.FORWARD_CRITICAL | ForwardingOptionFlag.DESTINATION_CRITICAL
-    for option in header.options:
-        if option.flags & critical:
-            # §6.3.2.3: no forwarding option is defined, so a critical one is unsupported.
-            text = f"critical forwarding option type {option.type}"
-            return _reply((ErrorCode.UNSUPPORTED_FORWARDING_OPTION, _info(text)), header)
-    for extension in contents.extensions:
-        if extension.critical:
-            # §6.3.3: a critical extension the recipient does not understand.
-            text = f"critical extension type {extension.type}"
-            return _reply((ErrorCode.UNKNOWN_EXTENSION, _info(text)), header)
-    body = contents.body
-    if isinstance(body, FindReq):
-        unknown = [kind for kind in body.kinds if kind not in params.kinds]
-        if unknown:
-            return _reply(unknown_kind(unknown), header, f"unknown Kind-IDs {unknown}")
+    header, body = message.header, message.contents.body
+    error = check_request_contents(message, params.kinds)
+    if error is not None:
+        return _reply(error, header)
     if isinstance(body, StoreReq):
         return _check_store(body, header, signer, params, verifier, bucket, now)
     return None

@@ -407,3 +407,20 @@ def test_unknown_critical_forwarding_option_is_refused() -> None:
             assert body.error_code == ErrorCode.UNSUPPORTED_FORWARDING_OPTION
         else:
             assert not isinstance(body, ErrorResponse)
+
+
+def test_ttl_above_initial_ttl_is_refused() -> None:
+    net = _wire_net(2)
+    a, b = sorted(net.joined)
+    node_a, node_b = net.nodes[a], net.nodes[b]
+    node_b.pop_actions()
+    for ttl, refused in ((100, False), (101, True)):  # §6.3.2: initial-ttl is 100
+        signed = node_a._build(PingReq(), (NodeDestination(b),), 6161 + ttl)
+        msg = dataclasses.replace(signed, header=dataclasses.replace(signed.header, ttl=ttl))
+        node_b.receive(a, wire.encode_message(msg), net.now)
+        answer = _first_send(node_b.pop_actions())
+        body = wire.decode_message(answer.data, 16, node_b._data_models()).contents.body
+        if refused:
+            assert isinstance(body, ErrorResponse) and body.error_code == ErrorCode.TTL_EXCEEDED
+        else:
+            assert not isinstance(body, ErrorResponse)

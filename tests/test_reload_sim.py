@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 import lab.cli as cli
 from reload.messages import DataValue, FetchAns
 from reload.node import RequestDone
-from reload.sim import SimNetwork, run_simulation
+from reload.sim import SimNetwork, SimReport, run_simulation
 from reload.topology.chord import JoinState
 
 
@@ -208,3 +209,21 @@ def test_cli_overlay_sim_refuses_bad_arguments() -> None:
         status = cli.main(["overlay", "sim", "--nodes", "0"])
     assert status == cli.EXIT_USAGE
     assert "--nodes" in err.getvalue()
+
+
+def test_bench_hops_plot_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    from bench import overlay as bench_overlay
+
+    monkeypatch.setenv(bench_overlay.SIZES_ENV, "8, 16")
+    assert bench_overlay._sizes(quick=False) == (8, 16)
+    monkeypatch.setenv(bench_overlay.SIZES_ENV, "1")
+    with pytest.raises(ValueError):
+        bench_overlay._sizes(quick=True)
+    reports = {
+        n: SimReport(n, 0.0, 1.0, 1, hops=[2, 3, 3, 4 + n // 16], fetches=4, fetches_ok=4)
+        for n in (8, 16)
+    }
+    path = bench_overlay.plot_hops(reports, tmp_path / "hops.png")
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000

@@ -344,13 +344,17 @@ class ChordTable:
         # in distance coordinates x is 0 and p is self._pred[0]; (p, x] is (p, modulus)∪{0}
         return k == 0 or k > self._pred[0]
 
-    def next_hop(self, destination: bytes, avoid: bytes | None = None) -> bytes | None:
+    def next_hop(
+        self, destination: bytes, avoid: bytes | None = None, *, resource: bool = False
+    ) -> bytes | None:
         """The next hop toward ``destination`` (§10.3), or None to deliver here.
 
         A directly connected node with that Node-ID gets the message even when it is not in
-        the ring yet (a Joining Node, §10.5); otherwise a responsible peer keeps it, and
-        anything else goes to the Routing Table's peer with the largest Node-ID in (self, k],
-        or, if none lies there, the one with the smallest Node-ID after k.
+        the ring yet (a Joining Node, §10.5) — unless ``resource`` says the destination is a
+        Resource-ID: a node that is not a ring peer (a client, §4.2) is responsible for no
+        Resource-ID, not even one equal to its Node-ID. Otherwise a responsible peer keeps
+        it, and anything else goes to the Routing Table's peer with the largest Node-ID in
+        (self, k], or, if none lies there, the one with the smallest Node-ID after k.
 
         ``avoid`` (the node a message came from) is not chosen while another Routing Table
         peer remains: it sent the message to us because its own table has nothing nearer,
@@ -359,7 +363,7 @@ class ChordTable:
         routes everything through us (§10.5).
         """
         k = self._dist(destination)
-        if k != 0 and (k in self._by_dist or destination in self._connections):
+        if k != 0 and (k in self._by_dist or (not resource and destination in self._connections)):
             return destination
         if self.responsible_for(destination):
             return None
