@@ -129,6 +129,7 @@ __all__ = [
     "APPEND_INDEX",
     "MAX_SYNTHESIZED_RANGE",
     "DataStore",
+    "DerivedFetch",
     "KindLookup",
     "StorageError",
     "StoragePersistenceError",
@@ -152,6 +153,11 @@ _SCHEMA_VERSION: Final = 1
 
 #: Looks up a Kind's description by Kind-ID (``OverlayConfiguration.kind`` fits).
 KindLookup = Callable[[int], KindDescription | None]
+#: A usage's derived fetch for one Kind (:meth:`DataStore.set_derived_fetch`): called with the
+#: store, the Resource-ID, the values a Fetch of that Kind selected there and ``now``; returns
+#: the values to answer with. It may read the store (:meth:`DataStore.kind_values`), never
+#: change it.
+DerivedFetch = Callable[["DataStore", bytes, list[StoredData], float], list[StoredData]]
 
 _Key = int | bytes  # b"" for SINGLE, the index for ARRAY, the key for DICTIONARY
 
@@ -293,6 +299,7 @@ class DataStore:
         #: Why the database at ``path`` was discarded on open (None: it was fine or new).
         self.recovered_from: str | None = None
         self._db: sqlite3.Connection | None = None
+        self._derived: dict[int, DerivedFetch] = {}
         if self.path is not None:
             self._open_database(self.path)
 
@@ -574,16 +581,62 @@ class DataStore:
     # -----------------------------------------------------------------------------------------
 
     def fetch(self, req: FetchReq, now: float) -> FetchAns | StorageError:
-        """The values the specifiers select, one FetchKindResponse per specifier (§7.4.2.2)."""
+        """The values the specifiers select, one FetchKindResponse per specifier (§7.4.2.2),
+        passed through the Kind's derived fetch when a usage registered one."""
         selected = self._select(req.resource, req.specifiers, now)
         if isinstance(selected, StorageError):
             return selected
+        if self._derived:
+            for i, (spec, (kind, generation, values)) in enumerate(
+                zip(req.specifiers, selected, strict=True)
+            ):
+                rule = self._derived.get(kind)
+                # A conditional fetch (§7.4.2.1: nonzero generation) is about the stored
+                # values alone; derived values carry no generation of their own.
+                if rule is not None and spec.generation == 0:
+                    selected[i] = (kind, generation, self._derive(rule, req.resource, values, now))
         return FetchAns(
             tuple(
                 FetchKindResponse(kind, generation, tuple(values))
                 for kind, generation, values in selected
             )
         )
+
+    # -----------------------------------------------------------------------------------------
+    # Derived fetch: a usage's rule adds values of one Kind from other data the node holds
+    # -----------------------------------------------------------------------------------------
+
+    def set_derived_fetch(self, kind_id: int, rule: DerivedFetch | None) -> None:
+        """Register (None: remove) the usage rule that answers Fetches of ``kind_id``.
+
+        The core knows no usage: a usage whose answer is computed from more than the values
+        stored at the Resource-ID registers that computation here (docs/usages.md: SWARM-PEERS
+        answers include the PEER-BATCH entries the node holds). Stat, Find, replication and
+        migration see only the stored values."""
+        if rule is None:
+            self._derived.pop(kind_id, None)
+        else:
+            self._derived[kind_id] = rule
+
+    def _derive(
+        self, rule: DerivedFetch, resource: bytes, values: list[StoredData], now: float
+    ) -> list[StoredData]:
+        try:
+            return list(rule(self, resource, values, now))
+        except Exception:  # a usage's bug must not take Fetch down: the stored values stand
+            _log.exception("derived fetch failed at %s", resource.hex())
+            return values
+
+    def kind_values(self, kind_id: int, now: float) -> list[tuple[bytes, StoredData]]:
+        """Every live value of ``kind_id`` this node holds (originals and replicas) with its
+        Resource-ID and remaining lifetime, tombstones included, in Resource-ID order."""
+        self.expire(now)
+        out: list[tuple[bytes, StoredData]] = []
+        for resource in sorted(r for r, kinds in self._data.items() if kind_id in kinds):
+            state = self._data[resource][kind_id]
+            for key in sorted(state.entries, key=_sort_key):
+                out.append((resource, _reported(state.entries[key], now)))
+        return out
 
     def stat(self, req: StatReq, now: float) -> StatAns | StorageError:
         """Metadata of what Fetch would return (§7.4.3.2)."""

@@ -36,6 +36,8 @@ from typing import Any, Self
 
 import aiohttp
 
+from interop import capture
+from ppsp.linkemu import wrap_datagram
 from ppsp.tracker import binary, json_codec
 from ppsp.tracker.messages import (
     AvailabilityDelta,
@@ -414,6 +416,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         client = self.client
+        if capture.active() is not None:
+            capture.received_datagram(client._transport, data, addr)
         try:
             client._received(data, asyncio.get_running_loop().time())
         except Exception:
@@ -481,7 +485,8 @@ class UdpTrackerClient(_BinaryClient):
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 _tune_buffers(sock, SOCKET_BUFFER)
-            self._transport = transport
+            # Link emulation and --pcap wrap it only when configured (ppsp.linkemu, capture).
+            self._transport = capture.tap_datagram(wrap_datagram(transport))
             peer = transport.get_extra_info("peername")
             if peer is not None:
                 # Responses come from the resolved address; reassembly is keyed by it.
@@ -592,6 +597,8 @@ class TcpTrackerClient(_BinaryClient):
                 frame = await read_frame(reader, self.max_frame)
                 if frame is None:
                     break
+                if capture.active() is not None:
+                    capture.received_stream(writer.transport, frame)
                 self._received(frame, loop.time())
         except TrackerError as exc:
             reason = TrackerProtocolError(f"bad frame from tracker: {exc}")
@@ -613,6 +620,8 @@ class TcpTrackerClient(_BinaryClient):
         try:
             async with asyncio.timeout(self.timeout):
                 writer.writelines(frames)
+                if capture.active() is not None:
+                    capture.sent_stream(writer.transport, b"".join(frames))
                 await writer.drain()
                 return _check_response(request, await future)
         except TrackerClientError:

@@ -21,6 +21,10 @@ The file (every section and key optional; ``docs/tracker.md`` is the reference):
     level = "info"           # warning (default), info, debug
     file = "tracker.log"     # default: stderr
 
+    [overlay]                # overlay mode (draft-xiao): a peer of a RELOAD tracker overlay
+    daemon = "node.toml"     # the RELOAD daemon configuration (as for p2pcdn overlay --config)
+    lifetime = 60            # ... and the OverlaySettings by field name
+
 Keys of ``[timers]`` and ``[limits]`` that are not the daemon's go to
 :class:`ppsp.tracker.state.TrackerConfig` by field name, so the state's tunables need no copy
 here; an unknown key is an error, never silently ignored.
@@ -94,6 +98,50 @@ class Limits:
 
 
 @dataclass(slots=True)
+class OverlaySettings:
+    """``[overlay]``: the tracker in overlay mode (docs/tracker.md, :mod:`ppsp.tracker.overlay`).
+    Times in seconds."""
+
+    #: The RELOAD daemon configuration (TOML, as for ``p2pcdn overlay --config``).
+    daemon: Path
+    #: Lifetime of the stored entries (RFC 6940 §7.4.1.1); refreshed every third of it.
+    lifetime: int = 60
+    #: A swarm is Stored at most once per this interval (changes in between coalesce).
+    coalesce: float = 0.2
+    #: Fetched swarms are reused for FINDs during this long.
+    fetch_cache: float = 1.0
+    #: A FIND waits at most this long for the overlay, then answers from local state.
+    fetch_timeout: float = 2.0
+    #: A Store that takes longer is given up (and retried at the next flush).
+    store_timeout: float = 10.0
+    #: Changed swarms (one pass) from which they go as one PEER-BATCH per responsible node.
+    batch_threshold: int = 8
+    #: Peers of one swarm this tracker publishes at most (sources and cachers first).
+    max_records: int = 200
+    #: Largest PEER-BATCH value; a bigger batch is Stored in parts (see :func:`batch_parts`).
+    batch_budget: int = 96 * 1024
+    #: Publish PEER-STATUS (xiao §5) for every registered peer.
+    peer_status: bool = True
+    #: How long a peer's PEER-STATUS lives (refreshed at half of it).
+    status_lifetime: int = 300
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        if self.lifetime < 3:
+            raise ValueError("lifetime must be at least 3 seconds")
+        if self.status_lifetime < 2:
+            raise ValueError("status_lifetime must be at least 2 seconds")
+        for name in ("coalesce", "fetch_cache"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("fetch_timeout", "store_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.batch_threshold < 1 or self.max_records < 1 or self.batch_budget < 1024:
+            raise ValueError("batch_threshold, max_records ≥ 1 and batch_budget ≥ 1024")
+
+
+@dataclass(slots=True)
 class TrackerDaemonConfig:
     """Everything ``p2pcdn tracker`` needs. ``None`` for a listener means not served."""
 
@@ -107,6 +155,8 @@ class TrackerDaemonConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     log_level: int = logging.WARNING
     log_file: Path | None = None
+    #: Overlay mode (draft-xiao): the tracker is a peer of a RELOAD tracker overlay.
+    overlay: OverlaySettings | None = None
 
     @property
     def listeners(self) -> dict[str, Address]:
@@ -134,6 +184,15 @@ class TrackerDaemonConfig:
         for name, path in (("cert", self.cert_file), ("key", self.key_file)):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{name} file {str(path)!r} does not exist")
+        if self.overlay is not None:
+            try:
+                self.overlay.validate()
+            except ValueError as exc:
+                raise ConfigError(f"[overlay] {exc}") from None
+            if not self.overlay.daemon.is_file():
+                raise ConfigError(
+                    f"overlay daemon file {str(self.overlay.daemon)!r} does not exist"
+                )
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -231,7 +290,7 @@ def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> TrackerDaemonConfig:
     """Build a configuration from parsed TOML; relative file names are resolved against
     ``base_dir`` (the configuration file's directory). Raises :class:`ConfigError`."""
-    unknown = set(data) - {"listen", "limits", "timers", "logging"}
+    unknown = set(data) - {"listen", "limits", "timers", "logging", "overlay"}
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     config = TrackerDaemonConfig()
@@ -284,7 +343,33 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Trac
             config.log_file = base / Path(value).expanduser()
         else:
             raise ConfigError(f"[logging] unknown key {key!r}")
+    if "overlay" in data:
+        config.overlay = _overlay_settings(_table(data, "overlay"), base)
     return config
+
+
+def _overlay_settings(table: dict[str, Any], base: Path) -> OverlaySettings:
+    """``[overlay]``: ``daemon`` (the RELOAD daemon TOML) and the OverlaySettings by name."""
+    daemon = table.get("daemon")
+    if not isinstance(daemon, str) or not daemon:
+        raise ConfigError("[overlay] daemon: expected the RELOAD daemon configuration file")
+    settings = OverlaySettings(base / Path(daemon).expanduser())
+    defaults = _defaults_of(settings)
+    for key, value in table.items():
+        if key == "daemon":
+            continue
+        if key not in defaults:
+            raise ConfigError(f"[overlay] unknown key {key!r}")
+        setattr(settings, key, _coerce("overlay", key, value, defaults[key]))
+    try:
+        settings.validate()
+    except ValueError as exc:
+        raise ConfigError(f"[overlay] {exc}") from None
+    return settings
+
+
+def _defaults_of(instance: Any) -> dict[str, object]:
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
 
 
 def _check_limits(limits: Limits) -> None:

@@ -20,6 +20,13 @@ answers the frames of one read in one write; the codecs are given memos of what 
 before (the tracker's peer entries, requests seen before), which give the same bytes; and
 serving raises the cyclic garbage collector's thresholds (:func:`tune_gc`; put back when the
 last server of the process closes). No request is logged above DEBUG. ``docs/performance.md`` has the figures.
+
+Overlay mode (``config.overlay``; :mod:`ppsp.tracker.overlay`, docs/tracker.md): the tracker is
+also a peer of a RELOAD tracker overlay. Every request is still handled synchronously by the
+tracker; a FIND (or a LEECH JOIN) whose answer needs the overlay's peers of a swarm not cached
+is answered when they are fetched, from a task, over whichever transport it came (responses
+are matched by transaction ID, so a TCP answer may overtake another). A standalone tracker
+takes exactly the synchronous path.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from aiohttp import web
 
+from interop import capture
+from ppsp.linkemu import wrap_datagram, wrap_stream
 from ppsp.tracker import binary, json_codec
 from ppsp.tracker.config import ConfigError, TrackerDaemonConfig
 from ppsp.tracker.messages import (
@@ -57,7 +66,12 @@ from ppsp.tracker.messages import (
 )
 from ppsp.tracker.state import Tracker
 
+if TYPE_CHECKING:
+    from ppsp.tracker.overlay import TrackerOverlay
+
 log = logging.getLogger(__name__)
+#: What the overlay gives for a request whose answer needs a Fetch (overlay mode).
+LateResponse = Coroutine[Any, Any, Response]
 
 Address = tuple[str, int]
 OutgoingMessage = PushHintMessage | GlobalInfoMessage
@@ -201,10 +215,20 @@ class TrackerServer:
     it is bound to (a real port when 0 was asked); ``urls`` are the matching client URLs.
     """
 
-    def __init__(self, config: TrackerDaemonConfig, tracker: Tracker | None = None) -> None:
+    def __init__(
+        self,
+        config: TrackerDaemonConfig,
+        tracker: Tracker | None = None,
+        overlay: TrackerOverlay | None = None,
+    ) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.tracker = tracker if tracker is not None else Tracker(config.tracker, self.loop.time())
+        #: Overlay mode (docs/tracker.md): FIND answers merge the tracker overlay's peers, and
+        #: membership changes are published there. None: a standalone tracker, whose request
+        #: path is exactly the synchronous one.
+        self.overlay = overlay
+        self._late: set[asyncio.Task[None]] = set()  # answers waiting for the overlay
         self.addresses: dict[str, Address] = {}
         self.counters = Counters()
         #: peer ID → the binary transport it last used (tracker-initiated messages go there).
@@ -280,10 +304,14 @@ class TrackerServer:
         for connection in list(self._tcp_connections):
             connection.abort()
         self._routes.clear()
+        for task in list(self._late):
+            task.cancel()
         self._close_task = self.loop.create_task(self._finish_close())
 
     async def _finish_close(self) -> None:
         try:
+            if self.overlay is not None:
+                await self.overlay.close()  # Leave (RFC 6940 §10.9), unless already stopped
             if self._http_runner is not None:
                 await self._http_runner.cleanup()
             if self._tcp_server is not None:
@@ -386,7 +414,44 @@ class TrackerServer:
         if route is not None and response.response_type == ResponseType.SUCCESSFUL:
             self._remember_route(request.peer_id, route)
         self._schedule_flush()
+        if self.overlay is not None:
+            self.overlay.poke()
         return response
+
+    def complete(
+        self, request: Request, response: Response, source: Address
+    ) -> Response | LateResponse:
+        """Overlay mode: the answer to send for ``request`` — ``response`` merged with the
+        overlay's peers when they are at hand, else a coroutine that fetches them (the caller
+        runs it with :meth:`later`). Standalone: ``response``."""
+        overlay = self.overlay
+        if overlay is None:
+            return response
+        try:
+            return overlay.augment(request, response, source)
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("tracker overlay failed on %s", type(request).__name__)
+            return response
+
+    def later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run an answer that waits for the overlay (cancelled when the server closes)."""
+        if self._closing:
+            work.close()
+            return
+        task = self.loop.create_task(work)
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def settle(self, late: LateResponse, fallback: Response) -> Response:
+        """The answer a late (overlay) response gives; ``fallback`` (the local answer) if
+        producing it fails — the overlay never turns a good answer into an error."""
+        try:
+            return await late
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("tracker overlay failed to merge an answer")
+            return fallback
 
     def _remember_route(self, peer_id: str, route: Route) -> None:
         routes = self._routes
@@ -458,6 +523,8 @@ class TrackerServer:
             self.tracker.handle_timer(self.loop.time())
         except Exception:
             log.exception("error in the tracker's timers")
+        if self.overlay is not None:
+            self.overlay.poke()  # expired peers left their swarms
         self._flush()
 
     def _housekeep(self) -> None:
@@ -500,6 +567,11 @@ class TrackerServer:
                 else (request.remote or "", 0)
             )
             response = self.handle(decoded, source, None)
+            if self.overlay is not None:
+                answer = self.complete(decoded, response, source)
+                if not isinstance(answer, Response):
+                    answer = await self.settle(answer, response)
+                response = answer
             if response.response_type == ResponseType.SUCCESSFUL:
                 response = self._piggyback(decoded.peer_id, response)
         try:
@@ -533,6 +605,8 @@ class TrackerServer:
         """The tracker's statistics and the daemon's counters."""
         out = dict(self.tracker.stats())
         out["daemon"] = dict(vars(self.counters))
+        if self.overlay is not None:
+            out["overlay"] = dataclasses.asdict(self.overlay.counters)
         out["daemon"]["tcp_connections"] = len(self._tcp_connections)
         out["daemon"]["routes"] = len(self._routes)
         if self._udp is not None:
@@ -581,7 +655,10 @@ class _UdpService(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The selector loop's datagram transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+        # Link emulation and --pcap wrap it only when configured (ppsp.linkemu, capture).
+        self.transport = cast(
+            asyncio.DatagramTransport, capture.tap_datagram(wrap_datagram(transport))
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -595,6 +672,8 @@ class _UdpService(asyncio.DatagramProtocol):
             self.transport = None
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if capture.active() is not None:
+            capture.received_datagram(self.transport, data, addr)
         try:
             self._datagram(data, (str(addr[0]), int(addr[1])))
         except Exception:  # a bug must not take the daemon down; the datagram is dropped
@@ -671,7 +750,7 @@ class _UdpService(asyncio.DatagramProtocol):
         if not isinstance(message, REQUEST_TYPES):
             server.counters.udp_ignored += 1
             return
-        source, tid = key
+        source = key[0]
         server.counters.udp_requests += 1
         route = self._route_to.get(source)
         if route is None:
@@ -679,6 +758,23 @@ class _UdpService(asyncio.DatagramProtocol):
                 self._route_to.clear()
             route = self._route_to[source] = _UdpRoute(self, source)
         response = server.handle(message, source, route)
+        if server.overlay is not None:
+            answer = server.complete(message, response, source)
+            if not isinstance(answer, Response):
+                server.later(self._answer_later(answer, response, key))
+                return
+            response = answer
+        self._reply(response, key, now)
+
+    async def _answer_later(
+        self, late: LateResponse, fallback: Response, key: tuple[Address, int]
+    ) -> None:
+        response = await self.server.settle(late, fallback)
+        self._reply(response, key, self.server.loop.time())
+
+    def _reply(self, response: Response, key: tuple[Address, int], now: float) -> None:
+        server = self.server
+        source, tid = key
         try:
             fragments = binary.encode(
                 response,
@@ -800,7 +896,7 @@ class _TcpConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = cast(asyncio.Transport, capture.tap_stream(wrap_stream(transport)))
         server = self.server
         if server._closing or len(server._tcp_connections) >= self.limits.max_tcp_connections:
             server.counters.tcp_connections_refused += 1
@@ -824,6 +920,8 @@ class _TcpConnection(asyncio.Protocol):
             server._forget_connection(self)
 
     def data_received(self, data: bytes) -> None:
+        if capture.active() is not None:
+            capture.received_stream(self.transport, data)
         self._buffer += data
         try:
             self._frames()
@@ -918,6 +1016,20 @@ class _TcpConnection(asyncio.Protocol):
             return []
         server.counters.tcp_requests += 1
         response = server.handle(message, self.peer, self.route)
+        if server.overlay is not None:
+            answer = server.complete(message, response, self.peer)
+            if not isinstance(answer, Response):
+                server.later(self._frame_later(answer, response, tid))
+                return []  # answered when the overlay has: clients match transaction IDs
+            response = answer
+        return self._encode(response, tid)
+
+    async def _frame_later(self, late: LateResponse, fallback: Response, tid: int) -> None:
+        response = await self.server.settle(late, fallback)
+        self._write(self._encode(response, tid))
+
+    def _encode(self, response: Response, tid: int) -> list[bytes]:
+        server = self.server
         try:
             return binary.encode(
                 response,
@@ -1042,10 +1154,40 @@ def _sockname(sock: socket.socket) -> Address:
     return (str(name[0]), int(name[1]))
 
 
-async def serve(config: TrackerDaemonConfig, tracker: Tracker | None = None) -> TrackerServer:
+async def serve(
+    config: TrackerDaemonConfig,
+    tracker: Tracker | None = None,
+    *,
+    overlay: TrackerOverlay | None = None,
+) -> TrackerServer:
     """Start a tracker daemon with ``config`` (``tracker`` to serve an existing
     :class:`Tracker`). Raises :class:`OSError` when a listener cannot bind and
-    :class:`ConfigError` for an unusable certificate."""
-    server = TrackerServer(config, tracker)
-    await server.start()
+    :class:`ConfigError` for an unusable certificate.
+
+    Overlay mode (``config.overlay``, docs/tracker.md): the tracker's RELOAD node is started
+    from the daemon configuration and joins the tracker overlay first (``overlay`` to serve
+    with one built already, around ``tracker``, an :class:`~ppsp.tracker.overlay.OverlayTracker`)."""
+    if overlay is None and config.overlay is not None:
+        # Imported here: a standalone tracker loads no RELOAD code.
+        from ppsp.tracker.overlay import OverlayTracker, open_overlay
+
+        if tracker is not None and not isinstance(tracker, OverlayTracker):
+            raise ConfigError("overlay mode serves an OverlayTracker")
+        loop = asyncio.get_running_loop()
+        tracker = tracker if tracker is not None else OverlayTracker(config.tracker, loop.time())
+        try:
+            overlay = await open_overlay(config.overlay, tracker)
+        except (OSError, ValueError, TimeoutError, ConnectionError) as exc:
+            raise ConfigError(f"cannot join the tracker overlay: {exc}") from None
+    if overlay is not None:
+        tracker = overlay.tracker
+    server = TrackerServer(config, tracker, overlay)
+    try:
+        await server.start()
+    except BaseException:
+        if overlay is not None:
+            await overlay.close()
+        raise
+    if overlay is not None:
+        overlay.start()
     return server
