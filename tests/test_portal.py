@@ -729,9 +729,7 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_source_client_publishes_to_the_portal(monkeypatch: pytest.MonkeyPatch) -> None:
     from portal import portal_client
 
-    # The contract's path; a no-op once the client uses it (it posted to /api/channels when
-    # this test was written).
-    monkeypatch.setattr(portal_client, "PUBLISH_PATH", "api/v1/channels")
+    assert portal_client.PUBLISH_PATH == "api/v1/channels"  # the contract's path
     channel = portal_client.Channel(
         name="movie",
         live=False,
