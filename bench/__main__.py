@@ -23,7 +23,16 @@ from typing import Any
 
 from bench.common import machine_info
 
-BENCHMARKS = ("codec", "structures", "transfer", "tracker", "reload", "overlay")
+BENCHMARKS = (
+    "codec",
+    "structures",
+    "transfer",
+    "tracker",
+    "reload",
+    "overlay",
+    "source",
+    "tracker_overlay",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -21,7 +21,7 @@ import logging
 import struct
 import time
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +190,86 @@ def stop() -> None:
     if _active is not None:
         _active.close()
         _active = None
+
+
+def _address_of(transport: Any, name: str) -> Address | None:
+    info = transport.get_extra_info(name)
+    return (str(info[0]), int(info[1])) if info else None
+
+
+class _TappedDatagramTransport:
+    """Records every datagram sent through the wrapped transport."""
+
+    def __init__(self, transport: Any, cap: PacketCapture) -> None:
+        self._transport = transport
+        self._cap = cap
+        self._local = _address_of(transport, "sockname") or ("0.0.0.0", 0)
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self._transport.sendto(data, addr)
+        dst = (str(addr[0]), int(addr[1])) if addr else _address_of(self._transport, "peername")
+        if dst is not None:
+            self._cap.udp(self._local, dst, bytes(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _TappedStreamTransport:
+    """Records every byte written to the wrapped stream transport."""
+
+    def __init__(self, transport: Any, cap: PacketCapture) -> None:
+        self._transport = transport
+        self._cap = cap
+        self._local = _address_of(transport, "sockname") or ("0.0.0.0", 0)
+        self._peer = _address_of(transport, "peername") or ("0.0.0.0", 0)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+        self._cap.tcp(self._local, self._peer, bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def tap_datagram(transport: Any) -> Any:
+    """``transport`` itself without a capture (no cost), else one that records sends."""
+    cap = _active
+    return transport if cap is None else _TappedDatagramTransport(transport, cap)
+
+
+def tap_stream(transport: Any) -> Any:
+    """Like :func:`tap_datagram` for a stream transport."""
+    cap = _active
+    return transport if cap is None else _TappedStreamTransport(transport, cap)
+
+
+def received_datagram(transport: Any, data: bytes, addr: Any) -> None:
+    """Record a datagram received on ``transport`` from ``addr`` (when capturing)."""
+    cap = _active
+    if cap is not None and addr:
+        local = _address_of(transport, "sockname") or ("0.0.0.0", 0)
+        cap.udp((str(addr[0]), int(addr[1])), local, bytes(data))
+
+
+def received_stream(transport: Any, data: bytes) -> None:
+    """Record stream bytes received on ``transport`` (when capturing)."""
+    cap = _active
+    if cap is not None:
+        local = _address_of(transport, "sockname") or ("0.0.0.0", 0)
+        peer = _address_of(transport, "peername") or ("0.0.0.0", 0)
+        cap.tcp(peer, local, bytes(data))
+
+
+def sent_stream(transport: Any, data: bytes) -> None:
+    """Record stream bytes written to ``transport`` by code that writes through an
+    ``asyncio.StreamWriter`` (which cannot be wrapped), when capturing."""
+    cap = _active
+    if cap is not None:
+        local = _address_of(transport, "sockname") or ("0.0.0.0", 0)
+        peer = _address_of(transport, "peername") or ("0.0.0.0", 0)
+        cap.tcp(local, peer, bytes(data))

@@ -1067,8 +1067,8 @@ class _TlsProtocol(asyncio.Protocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = wrap_stream(transport)
+        # No isinstance check: uvloop's TCP transport does not subclass asyncio.Transport.
+        self.transport = wrap_stream(cast(asyncio.Transport, transport))
         loop = asyncio.get_running_loop()
         link = TlsLink(
             self.config,
