@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Final, TypeVar
 
 from lab.progress import ProgressBar, format_summary
 from ppsp.peer import aio
@@ -310,6 +310,12 @@ def version() -> str:
     return "unknown"
 
 
+#: The commands that talk on the network and so take ``--pcap PATH`` (interop/capture.py).
+CAPTURING_COMMANDS: Final = frozenset(
+    {"seed", "get", "live-source", "tracker", "overlay", "cacher", "csc", "source"}
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2pcdn",
@@ -346,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         cmd.add_arguments(sub)
+        if cmd.name in CAPTURING_COMMANDS:
+            sub.add_argument(
+                "--pcap",
+                metavar="PATH",
+                type=Path,
+                help="record what this daemon sends and receives (PPSPP, PPSP-TP, RELOAD "
+                "frames in plaintext) as a pcap file for tshark or p2pcdn dissect",
+            )
         sub.set_defaults(_run=cmd.run, _parser=sub)
     return parser
 
@@ -359,7 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else 1)
     _configure_logging(args.verbose)
     sub: argparse.ArgumentParser = args._parser
+    pcap: Path | None = getattr(args, "pcap", None)
     try:
+        if pcap is not None:
+            from interop import capture
+
+            capture.start(pcap)
         return int(args._run(args))
     except UsageError as exc:
         sub.print_usage(sys.stderr)
@@ -382,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         detail = _one_line(str(exc))
         print(f"error: {type(exc).__name__}{': ' if detail else ''}{detail}{hint}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        if pcap is not None:
+            from interop import capture
+
+            capture.stop()
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -872,6 +896,13 @@ def _tracker_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--cert", metavar="FILE", type=Path, help="PEM certificate chain for https")
     parser.add_argument("--key", metavar="FILE", type=Path, help="PEM private key for https")
+    parser.add_argument(
+        "--overlay",
+        metavar="DAEMON.toml",
+        type=Path,
+        help="overlay mode: join the RELOAD tracker overlay as the node this daemon "
+        "configuration describes (as for p2pcdn overlay --config; docs/tracker.md)",
+    )
 
 
 @command(
@@ -900,6 +931,12 @@ def cmd_tracker(args: argparse.Namespace) -> int:
             config.cert_file = args.cert
         if args.key is not None:
             config.key_file = args.key
+        if args.overlay is not None:
+            from ppsp.tracker.config import OverlaySettings
+
+            settings = config.overlay or OverlaySettings(args.overlay)
+            settings.daemon = args.overlay  # the flag wins over the file's [overlay] daemon
+            config.overlay = settings
         config = config.with_defaults()
         config.validate()
     except ConfigError as exc:
@@ -937,6 +974,111 @@ async def _tracker(config: Any) -> int:
             except TimeoutError:
                 log.warning("the tracker did not close within 10 s; exiting anyway")
     return EXIT_OK
+
+
+# -- p2pcdn portal (portal/cli.py, imported when used: it pulls in aiohttp) -----------------
+
+
+def _portal_arguments(parser: argparse.ArgumentParser) -> None:
+    from portal.cli import add_arguments
+
+    add_arguments(parser)
+
+
+@command(
+    "portal",
+    help="run the content portal (channel list: JSON API and web page)",
+    description="Run the content portal: sources publish channels with a bearer token, viewers "
+    "read the list and send heartbeats, and a web page lists the channels (docs/portal.md). "
+    "Prints the URL on the first line of stdout (and a generated token on the second when "
+    "none is given), then serves until SIGINT or SIGTERM.",
+    arguments=_portal_arguments,
+    epilog="token: --token, else --token-file, else $P2PCDN_PORTAL_TOKEN, else generated.\n"
+    "example:\n  p2pcdn portal --listen 127.0.0.1:8080 --token-file portal.token --state p.json\n",
+)
+def cmd_portal(args: argparse.Namespace) -> int:
+    from portal.cli import run
+
+    return run(args)
+
+
+# -- p2pcdn dissect (interop/dissect.py: its scapy imports wait until a dissection starts) ---
+
+
+def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
+    from interop.dissect import add_arguments
+
+    add_arguments(parser)
+
+
+@command(
+    "dissect",
+    help="print a Wireshark-style dissection of a PPSPP / PPSP-TP / RELOAD capture",
+    description="Dissect a pcap or pcapng capture: one tree per frame (frame number, time, "
+    "addresses, protocol, message tree) for PPSPP (with per-channel handshake context), "
+    "PPSP-TP binary and RELOAD, then packets per protocol and the malformed count "
+    "(docs/dissect.md). Malformed packets are reported, never fatal: exit 1 only when the "
+    "file cannot be read.",
+    arguments=_dissect_arguments,
+    epilog="examples:\n  p2pcdn dissect capture.pcap\n"
+    "  p2pcdn dissect libswift.pcap --port-map ppspp=20200 --json\n",
+)
+def cmd_dissect(args: argparse.Namespace) -> int:
+    from interop.dissect import run
+
+    return run(args)
+
+
+# -- p2pcdn wireshark install (interop/wireshark_install.py) -------------------------------
+
+
+def _wireshark_arguments(parser: argparse.ArgumentParser) -> None:
+    from interop.wireshark_install import add_arguments
+
+    add_arguments(parser)
+
+
+@command(
+    "wireshark",
+    help="install the PPSPP and PPSP-TP Lua dissectors into Wireshark",
+    description="`p2pcdn wireshark install [--dir D]` copies the Lua dissectors of "
+    "interop/wireshark/ into Wireshark's personal Lua plugin folder (or D) and prints where "
+    "(interop/wireshark/README.md).",
+    arguments=_wireshark_arguments,
+    epilog="example:\n  p2pcdn wireshark install\n",
+)
+def cmd_wireshark(args: argparse.Namespace) -> int:
+    from interop.wireshark_install import run
+
+    return run(args)
+
+
+# -- p2pcdn conformance (interop/conformance.py) -----------------------------------------------
+
+
+def _conformance_arguments(parser: argparse.ArgumentParser) -> None:
+    from interop.conformance import add_arguments
+
+    add_arguments(parser)
+
+
+@command(
+    "conformance",
+    help="check a PPSPP peer against RFC 7574 (pass/fail table)",
+    description="Run trace-based checks (the libswift handshake probes A-F) and live checks "
+    "over UDP (handshake, HAVE, REQUEST/INTEGRITY/DATA, Merkle verification, ACK, keep-alive, "
+    "close, bad input) against a PPSPP peer seeding a swarm, and print a pass/fail/skip table "
+    "with the RFC 7574 section of each check (docs/conformance.md). Exit 0 only when every "
+    "required check passes. --self checks our own seeder on 127.0.0.1.",
+    arguments=_conformance_arguments,
+    epilog="examples:\n  p2pcdn conformance --self\n"
+    "  p2pcdn conformance --peer 127.0.0.1:20200 --hash sha1 \\\n"
+    "      --swarm 026bf5bed2c08204b6f0765acd1429068a874ee6\n",
+)
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from interop.conformance import run
+
+    return run(args)
 
 
 # -- p2pcdn ca ----------------------------------------------------------------------------
@@ -1233,6 +1375,11 @@ async def _overlay(config: Any) -> int:
             await node.close()
     return EXIT_OK
 
+
+# -- p2pcdn source: portal/source_cli.py (it gets this module, so it never imports lab.cli) ----
+from portal.source_cli import register as _register_source  # noqa: E402
+
+_register_source(sys.modules[__name__])
 
 if __name__ == "__main__":
     sys.exit(main())
