@@ -1284,6 +1284,13 @@ def _overlay_arguments(parser: argparse.ArgumentParser) -> None:
         "--minutes", type=float, default=5.0, metavar="M", help="simulated minutes (default 5)"
     )
     sim.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
+    sim.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also attach K clients (RFC 6940 §4.2.1) that do their share of the fetches",
+    )
 
 
 @command(
@@ -1338,8 +1345,11 @@ def _overlay_sim(args: argparse.Namespace) -> int:
         raise UsageError("--nodes must be at least 1")
     if args.churn < 0 or args.minutes < 0:
         raise UsageError("--churn and --minutes must not be negative")
+    if args.clients < 0:
+        raise UsageError("--clients must not be negative")
     report = run_simulation(
         args.nodes,
+        clients=args.clients,
         churn=args.churn,
         minutes=args.minutes,
         seed=args.seed,
@@ -1359,6 +1369,15 @@ async def _overlay(config: Any) -> int:
             node = OverlayNode.from_config(config)
         except DaemonConfigError as exc:
             raise UsageError(str(exc)) from None
+        # The usages' rules for the Kinds this overlay declares (docs/usages.md).
+        from reload.usages.tracker import install_usage_rules
+
+        node.on_node.append(
+            lambda n: install_usage_rules(
+                (k for k in (d.resolved_kind_id() for d in n.config.kinds) if k is not None),
+                n.store_,
+            )
+        )
         starting = asyncio.ensure_future(node.start(join_timeout=60.0))
         stopping = asyncio.ensure_future(stop.wait())
         try:

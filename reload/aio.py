@@ -41,7 +41,7 @@ import ipaddress
 import logging
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,6 +291,9 @@ class OverlayNode:
         #: Overlay hops the last answer to a client request travelled (Via List + 1).
         self.last_hops = 0
         self._stopped = False
+        #: Called with the sans-IO node as soon as :meth:`start` creates it, before any
+        #: message arrives: where a usage registers its rules (reload.usages).
+        self.on_node: list[Callable[[ReloadNode], object]] = []
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -324,6 +327,8 @@ class OverlayNode:
         self.node = ReloadNode(
             self.node_id, config, self._security, time.time(), store_path=store_path
         )
+        for hook in self.on_node:
+            hook(self.node)
         if self.keepalive > 0:
             self._keepalive_task = asyncio.ensure_future(self._keepalive_loop())
         if not self.bootstrap:
@@ -669,7 +674,7 @@ class OverlayNode:
         """Fetch (§7.4.2); an int is a Kind-ID fetched whole (SINGLE, or every key/index).
         With ``at``, the Fetch goes to the node with that Node-ID, which answers from its
         own store, replicas included (a replica of :meth:`replica_set`)."""
-        specs = [StoredDataSpecifier(specifiers)] if isinstance(specifiers, int) else specifiers
+        specs = [self._n.whole_kind(specifiers)] if isinstance(specifiers, int) else specifiers
         handle = self._n.fetch(resource_id, specs, time.time(), at=at)
         answer = await self._request(handle, timeout)
         assert isinstance(answer, FetchAns)
@@ -717,7 +722,7 @@ class OverlayNode:
         timeout: float | None = None,
     ) -> StatAns:
         """Stat (§7.4.3)."""
-        specs = [StoredDataSpecifier(specifiers)] if isinstance(specifiers, int) else specifiers
+        specs = [self._n.whole_kind(specifiers)] if isinstance(specifiers, int) else specifiers
         answer = await self._request(self._n.stat(resource_id, specs, time.time()), timeout)
         assert isinstance(answer, StatAns)
         return answer

@@ -76,6 +76,7 @@ from reload.config import KindDescription, OverlayConfiguration
 from reload.messages import (
     DEFAULT_DATA_MODELS,
     ArrayEntry,
+    ArrayRange,
     AttachAns,
     AttachReq,
     ChordUpdate,
@@ -919,6 +920,17 @@ class ReloadNode:
 
     def _data_models(self) -> dict[int, DataModel]:
         return {**DEFAULT_DATA_MODELS, **self._models}
+
+    def whole_kind(self, kind_id: int) -> StoredDataSpecifier:
+        """A specifier selecting every value of ``kind_id`` (§7.4.2.1) by the Kind's data
+        model: all keys of a DICTIONARY, indices 0 to 0xFFFFFFFF of an ARRAY. A bare
+        specifier would be encoded as SINGLE, which a DICTIONARY Kind cannot parse."""
+        model = self._data_models().get(kind_id, DataModel.SINGLE)
+        if model is DataModel.DICTIONARY:
+            return StoredDataSpecifier(kind_id, keys=())
+        if model is DataModel.ARRAY:
+            return StoredDataSpecifier(kind_id, indices=(ArrayRange(0, -1),))
+        return StoredDataSpecifier(kind_id)
 
     def _contents_bytes(self, contents: MessageContents) -> bytes:
         if self.wire_format:

@@ -424,3 +424,18 @@ def test_ttl_above_initial_ttl_is_refused() -> None:
             assert isinstance(body, ErrorResponse) and body.error_code == ErrorCode.TTL_EXCEEDED
         else:
             assert not isinstance(body, ErrorResponse)
+
+
+def test_whole_kind_specifier_follows_the_data_model() -> None:
+    """A Kind-ID fetched whole (the client API's int form) must be specified by its data
+    model: a bare specifier is SINGLE on the wire, which a DICTIONARY Kind cannot parse."""
+    from reload.usages.config import usage_kinds
+    from reload.usages.kinds import CONTENT_META, SWARM_PEERS
+
+    authority = SimAuthority(b"w" * 32)
+    node_id = bytes(15) + b"\x07"
+    config = dataclasses.replace(sim_node_config(), kinds=tuple(usage_kinds("both")))
+    node = ReloadNode(node_id, config, authority.context(node_id), SIM_EPOCH)
+    assert node.whole_kind(SWARM_PEERS) == StoredDataSpecifier(SWARM_PEERS, keys=())
+    assert node.whole_kind(CONTENT_META).keys == ()
+    assert node.whole_kind(0xF1234567) == StoredDataSpecifier(0xF1234567)  # undeclared: SINGLE

@@ -227,3 +227,13 @@ def test_bench_hops_plot_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path = bench_overlay.plot_hops(reports, tmp_path / "hops.png")
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+
+
+def test_overlay_sim_command_attaches_clients(capsys: pytest.CaptureFixture[str]) -> None:
+    from lab import cli
+
+    assert cli.main(["overlay", "sim", "--nodes", "30", "--clients", "3", "--minutes", "1"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("clients:"))
+    assert line.startswith("clients: 3; their fetches:") and line.endswith("ok")
+    assert cli.main(["overlay", "sim", "--nodes", "30", "--clients", "-1"]) == cli.EXIT_USAGE

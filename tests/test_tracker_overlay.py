@@ -694,3 +694,20 @@ def test_cli_tracker_joins_the_overlay_serves_and_leaves(tmp_path: Path) -> None
             proc.stderr.close()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_plain_overlay_nodes_install_the_peer_batch_rule_when_the_kinds_are_declared() -> None:
+    """A `p2pcdn overlay` node of a tracker (or one-overlay) overlay is responsible for swarms
+    like any tracker: its SWARM-PEERS answers must include the PEER-BATCH entries it holds."""
+    from reload.storage import DataStore
+    from reload.usages.config import usage_kinds
+    from reload.usages.tracker import install_usage_rules
+
+    kinds = usage_kinds("both")
+    store = DataStore(16, kinds)
+    rule = install_usage_rules([k.resolved_kind_id() or 0 for k in kinds], store)
+    assert rule is not None and store._derived.get(SWARM_PEERS) is rule
+    storage_only = usage_kinds("storage")
+    plain = DataStore(16, storage_only)
+    assert install_usage_rules([k.resolved_kind_id() or 0 for k in storage_only], plain) is None
+    assert SWARM_PEERS not in plain._derived

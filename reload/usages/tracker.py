@@ -47,6 +47,7 @@ __all__ = [
     "SwarmPeersRule",
     "info_of",
     "install_swarm_peers_rule",
+    "install_usage_rules",
     "peer_batch_entry",
     "peer_status_entry",
     "read_swarm_peers",
@@ -285,3 +286,13 @@ def install_swarm_peers_rule(store: DataStore) -> SwarmPeersRule:
     rule = SwarmPeersRule()
     store.set_derived_fetch(SWARM_PEERS, rule)
     return rule
+
+
+def install_usage_rules(kind_ids: Iterable[int], store: DataStore) -> SwarmPeersRule | None:
+    """What every node of an overlay declaring the tracker Kinds must do, whatever else it
+    runs (a plain ``p2pcdn overlay`` node of a tracker or one-overlay overlay is a responsible
+    node like any tracker): answer SWARM-PEERS Fetches with the PEER-BATCH entries it holds."""
+    declared = set(kind_ids)
+    if SWARM_PEERS in declared and PEER_BATCH in declared:
+        return install_swarm_peers_rule(store)
+    return None
