@@ -1395,10 +1395,39 @@ async def _overlay(config: Any) -> int:
     return EXIT_OK
 
 
+# -- p2pcdn cacher (cacher/cli.py, imported when used) -------------------------------------
+
+
+def _cacher_arguments(parser: argparse.ArgumentParser) -> None:
+    from cacher.cli import add_arguments
+
+    add_arguments(parser)
+
+
+@command(
+    "cacher",
+    help="run a cacher (cache near CSCs: push hints, pull-through from the storage overlay)",
+    description="Run a cacher: registers at the tracker (binary PPSP-TP) with its batch "
+    "availability report, prefetches on push hints, fills misses from the storage overlay "
+    "(verified), serves CSCs over PPSPP pushing the head chunks (docs/cacher.md). Prints its "
+    "PPSPP HOST:PORT on the first line of stdout, then serves until SIGINT or SIGTERM.",
+    arguments=_cacher_arguments,
+    epilog="example:\n  p2pcdn cacher --config cacher.toml -v\n",
+)
+def cmd_cacher(args: argparse.Namespace) -> int:
+    from cacher.cli import run
+
+    return run(args)
+
+
 # -- p2pcdn source: portal/source_cli.py (it gets this module, so it never imports lab.cli) ----
 from portal.source_cli import register as _register_source  # noqa: E402
 
 _register_source(sys.modules[__name__])
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m lab.cli` runs this file as __main__, and the subcommand modules import
+    # lab.cli: a second copy whose UsageError this copy would not catch. Run that one.
+    from lab import cli as _canonical
+
+    sys.exit(_canonical.main())
