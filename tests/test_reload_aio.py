@@ -90,7 +90,7 @@ def make_node(
         private_key=cred.key,
         trust_roots=(the_lab.ca_cert,),
         rto=rto,
-        handshake_timeout=5.0,
+        handshake_timeout=20.0,  # generous: a loaded CI machine handshakes slowly
     )
     node_config = NodeConfig(
         overlay_name=OVERLAY,
