@@ -92,11 +92,9 @@ class ConfigSignatureError(ConfigError):
     """A configuration or kind-block signature that is missing, invalid or by a wrong signer."""
 
 
-#: The error codes this module produces are the message model's :class:`ErrorCode`
-#: (§6.3.3.1, §14.9): Error_Forbidden, Error_Incompatible_with_Overlay, Error_Config_Too_Old,
-#: Error_Config_Too_New and Error_Invalid_Message. ``ConfigErrorCode`` is the same enum under
-#: its former name, kept for existing callers.
-ConfigErrorCode = ErrorCode
+# The error codes this module produces are the message model's :class:`ErrorCode`
+# (§6.3.3.1, §14.9): Error_Forbidden, Error_Incompatible_with_Overlay, Error_Config_Too_Old,
+# Error_Config_Too_New and Error_Invalid_Message.
 
 
 class ConfigUpdateError(ConfigError):

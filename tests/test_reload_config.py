@@ -26,7 +26,6 @@ from reload.config import (
     AccessControl,
     BootstrapNode,
     ConfigError,
-    ConfigErrorCode,
     ConfigSignatureError,
     ConfigUpdateError,
     ConfigUpdateType,
@@ -47,6 +46,7 @@ from reload.config import (
     verify_signature,
     with_sequence,
 )
+from reload.messages import ErrorCode
 
 EXT1 = "urn:ietf:params:xml:ns:p2p:config-ext1"
 
@@ -595,29 +595,27 @@ def test_kind_signed_by_non_kind_signer_refused() -> None:
     ("ours", "theirs", "update", "expected"),
     [
         (22, 22, False, None),
-        (22, 21, False, ConfigErrorCode.CONFIG_TOO_OLD),
-        (22, 23, False, ConfigErrorCode.CONFIG_TOO_NEW),
+        (22, 21, False, ErrorCode.CONFIG_TOO_OLD),
+        (22, 23, False, ErrorCode.CONFIG_TOO_NEW),
         (22, 65535, True, None),  # the ConfigUpdate wildcard
-        (22, 65535, False, ConfigErrorCode.CONFIG_TOO_OLD),
-        (22, 21, True, ConfigErrorCode.CONFIG_TOO_OLD),  # only 65535 is a wildcard
-        (65534, 0, False, ConfigErrorCode.CONFIG_TOO_NEW),  # 0 follows 65534 (wrap)
-        (0, 65534, False, ConfigErrorCode.CONFIG_TOO_OLD),
-        (65000, 100, False, ConfigErrorCode.CONFIG_TOO_NEW),
-        (100, 65000, False, ConfigErrorCode.CONFIG_TOO_OLD),
-        (0, 32767, False, ConfigErrorCode.CONFIG_TOO_NEW),  # half the space ahead: newer
-        (0, 32768, False, ConfigErrorCode.CONFIG_TOO_OLD),
+        (22, 65535, False, ErrorCode.CONFIG_TOO_OLD),
+        (22, 21, True, ErrorCode.CONFIG_TOO_OLD),  # only 65535 is a wildcard
+        (65534, 0, False, ErrorCode.CONFIG_TOO_NEW),  # 0 follows 65534 (wrap)
+        (0, 65534, False, ErrorCode.CONFIG_TOO_OLD),
+        (65000, 100, False, ErrorCode.CONFIG_TOO_NEW),
+        (100, 65000, False, ErrorCode.CONFIG_TOO_OLD),
+        (0, 32767, False, ErrorCode.CONFIG_TOO_NEW),  # half the space ahead: newer
+        (0, 32768, False, ErrorCode.CONFIG_TOO_OLD),
     ],
 )
-def test_check_sequence(
-    ours: int, theirs: int, update: bool, expected: ConfigErrorCode | None
-) -> None:
+def test_check_sequence(ours: int, theirs: int, update: bool, expected: ErrorCode | None) -> None:
     assert check_sequence(ours, theirs, update) == expected
 
 
 def test_sequence_helpers() -> None:
     assert next_sequence(65534) == 0
     assert next_sequence(7) == 8
-    assert (int(ConfigErrorCode.CONFIG_TOO_OLD), int(ConfigErrorCode.CONFIG_TOO_NEW)) == (0xF, 0x10)
+    assert (int(ErrorCode.CONFIG_TOO_OLD), int(ErrorCode.CONFIG_TOO_NEW)) == (0xF, 0x10)
     with pytest.raises(ValueError):
         check_sequence(65535, 1, False)
     with pytest.raises(ValueError):
@@ -631,8 +629,8 @@ def test_sequence_order_is_antisymmetric(current: int, step: int) -> None:
     ahead = (current + step) % 65535
     assert sequence_newer(ahead, current)
     assert not sequence_newer(current, ahead)
-    assert check_sequence(current, ahead, False) == ConfigErrorCode.CONFIG_TOO_NEW
-    assert check_sequence(ahead, current, False) == ConfigErrorCode.CONFIG_TOO_OLD
+    assert check_sequence(current, ahead, False) == ErrorCode.CONFIG_TOO_NEW
+    assert check_sequence(ahead, current, False) == ErrorCode.CONFIG_TOO_OLD
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,7 +651,7 @@ def test_config_update_accepts_newer_signed() -> None:
     )
     assert state.sequence == 2
     assert state.configuration.initial_ttl == 40
-    assert state.check_sequence(1, False) == ConfigErrorCode.CONFIG_TOO_OLD
+    assert state.check_sequence(1, False) == ErrorCode.CONFIG_TOO_OLD
 
 
 def test_config_update_wraps_from_65534_to_0() -> None:
@@ -665,19 +663,19 @@ def test_config_update_wraps_from_65534_to_0() -> None:
 @pytest.mark.parametrize(
     ("xml", "code"),
     [
-        (signed_lab_document(1), ConfigErrorCode.CONFIG_TOO_OLD),  # same sequence
-        (signed_lab_document(0), ConfigErrorCode.CONFIG_TOO_OLD),  # older
-        (generate(lab_config(2)), ConfigErrorCode.FORBIDDEN),  # unsigned
-        (signed_lab_document(2, signer=INTRUDER), ConfigErrorCode.FORBIDDEN),
-        (generate(lab_config(2), CONFIG_SIGNER.sign), ConfigErrorCode.FORBIDDEN),  # kinds unsigned
+        (signed_lab_document(1), ErrorCode.CONFIG_TOO_OLD),  # same sequence
+        (signed_lab_document(0), ErrorCode.CONFIG_TOO_OLD),  # older
+        (generate(lab_config(2)), ErrorCode.FORBIDDEN),  # unsigned
+        (signed_lab_document(2, signer=INTRUDER), ErrorCode.FORBIDDEN),
+        (generate(lab_config(2), CONFIG_SIGNER.sign), ErrorCode.FORBIDDEN),  # kinds unsigned
         (
             generate(replace(lab_config(2), instance_name="other.test"), CONFIG_SIGNER.sign),
-            ConfigErrorCode.INCOMPATIBLE_WITH_OVERLAY,
+            ErrorCode.INCOMPATIBLE_WITH_OVERLAY,
         ),
-        (b"<overlay", ConfigErrorCode.INVALID_MESSAGE),
+        (b"<overlay", ErrorCode.INVALID_MESSAGE),
     ],
 )
-def test_config_update_rejections(xml: bytes, code: ConfigErrorCode) -> None:
+def test_config_update_rejections(xml: bytes, code: ErrorCode) -> None:
     state = _state(1)
     before = state.configuration
     with pytest.raises(ConfigUpdateError) as info:
@@ -747,11 +745,11 @@ def test_kind_update_with_explicit_default_namespace() -> None:
 @pytest.mark.parametrize(
     ("signer", "key", "code"),
     [
-        (INTRUDER, PRIVATE_KIND_ID_MIN + 3, ConfigErrorCode.FORBIDDEN),  # not a kind-signer
-        (None, PRIVATE_KIND_ID_MIN + 3, ConfigErrorCode.FORBIDDEN),  # unsigned
+        (INTRUDER, PRIVATE_KIND_ID_MIN + 3, ErrorCode.FORBIDDEN),  # not a kind-signer
+        (None, PRIVATE_KIND_ID_MIN + 3, ErrorCode.FORBIDDEN),  # unsigned
     ],
 )
-def test_kind_update_rejections(signer: KeySigner | None, key: int, code: ConfigErrorCode) -> None:
+def test_kind_update_rejections(signer: KeySigner | None, key: int, code: ErrorCode) -> None:
     state = _state(1)
     kind = KindDescription(
         data_model="SINGLE", access_control="USER-MATCH", max_count=1, max_size=1, kind_id=key
@@ -773,14 +771,14 @@ def test_kind_update_conflicting_signer_forbidden() -> None:
     hijack = replace(lab_config().kinds[0], max_size=1)
     with pytest.raises(ConfigUpdateError) as info:
         state.apply_kinds([generate_kind_block(hijack, second.sign)])
-    assert info.value.code == ConfigErrorCode.FORBIDDEN
+    assert info.value.code == ErrorCode.FORBIDDEN
     assert state.kind(PRIVATE_KIND_ID_MIN) == lab_config().kinds[0]
 
 
 def test_unknown_config_update_type() -> None:
     with pytest.raises(ConfigUpdateError) as info:
         _state().apply_config_update(7, b"")
-    assert info.value.code == ConfigErrorCode.INVALID_MESSAGE
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
 
 
 def test_state_drops_badly_signed_initial_kind() -> None:
@@ -932,7 +930,7 @@ def test_fuzz_config_update(data: bytes) -> None:
         try:
             state.apply_config_update(update_type, payload)
         except ConfigUpdateError as exc:
-            assert exc.code in ConfigErrorCode
+            assert exc.code in ErrorCode
 
 
 def test_with_sequence() -> None:
