@@ -49,7 +49,12 @@ from typing import Any
 from cryptography import x509
 
 from reload import security
-from reload.config import KindDescription, OverlayConfiguration, parse_overlay_configuration
+from reload.config import (
+    DEFAULT_PORT,
+    KindDescription,
+    OverlayConfiguration,
+    parse_overlay_configuration,
+)
 from reload.fragments import FragmentError, Reassembler, fragment
 from reload.links import (
     DtlsEndpoint,
@@ -114,7 +119,6 @@ CLIENT_TIMEOUT = 60.0
 REPLICA_TIMEOUT = 15.0
 #: How long a Leave may take to be acknowledged before the links close anyway.
 LEAVE_GRACE = 2.0
-DEFAULT_PORT = 6084  # §11.1 bootstrap-node default port
 
 
 class ReloadRequestError(Exception):
