@@ -109,7 +109,7 @@ log = logging.getLogger(__name__)
 
 #: The Kind a daemon without an overlay configuration document stores: SINGLE, USER-MATCH
 #: (a node writes at H(its user name), §7.3.1), in the private Kind-ID range (DESIGN.md §4).
-LAB_KIND = 0xF0000010
+LAB_KIND = 0xF00000FF
 DEFAULT_KINDS = (KindDescription("SINGLE", "USER-MATCH", 1, 2048, kind_id=LAB_KIND),)
 #: How long a client request may take: the node's own timeout is 5 transmissions of the
 #: overlay reliability timer (§6.2.1); this bounds the wait should the node be stopped.
