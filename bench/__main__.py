@@ -32,6 +32,7 @@ BENCHMARKS = (
     "overlay",
     "source",
     "tracker_overlay",
+    "reload_codec",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,13 +17,16 @@ property test ``test_fragment_fast_path_equals_the_normative_codec``
 Reassembly is hostile-input code: buffers are bounded per message (``max_message_size``), in
 number of messages in progress and in total bytes; incomplete messages expire after the
 maximum request lifetime (15 s, §6.7); a fragment that contradicts bytes already received
-(overlap with different content) discards the whole message.
+(overlap with different content) discards the whole message. Each fragment costs a bisection
+over the pieces held (only those it can overlap are compared) and a merge into the list of
+received spans; the message is assembled once, when the spans cover it.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -150,6 +153,34 @@ class _Partial:
     pieces: dict[int, bytes] = field(default_factory=dict)
     total: int | None = None  # body size, known once the last fragment arrived
     stored: int = 0
+    #: The pieces' offsets in order, and the longest piece: the pieces a new one can overlap
+    #: are found by bisection instead of comparing it with every piece held.
+    starts: list[int] = field(default_factory=list)
+    longest: int = 0
+    #: The body bytes received, as sorted disjoint [start, end) spans (adjacent ones merged):
+    #: the message is complete when one span covers [0, total).
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _add_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """``spans`` with [start, end) added, overlapping and adjacent spans merged."""
+    if start >= end:
+        return spans
+    out: list[tuple[int, int]] = []
+    placed = False
+    for lo, hi in spans:
+        if hi < start:
+            out.append((lo, hi))
+        elif end < lo:
+            if not placed:
+                out.append((start, end))
+                placed = True
+            out.append((lo, hi))
+        else:
+            start, end = min(lo, start), max(hi, end)
+    if not placed:
+        out.append((start, end))
+    return out
 
 
 class Reassembler:
@@ -235,7 +266,10 @@ class Reassembler:
     def _store(self, partial: _Partial, offset: int, body: bytes) -> bool:
         """Add a piece; False if it contradicts bytes already held. Duplicates are no-ops."""
         end = offset + len(body)
-        for start, piece in partial.pieces.items():
+        # a piece overlapping [offset, end) starts before end and after offset - longest
+        first = bisect_right(partial.starts, offset - partial.longest)
+        for start in partial.starts[first : bisect_left(partial.starts, end)]:
+            piece = partial.pieces[start]
             lo, hi = max(start, offset), min(start + len(piece), end)
             if lo < hi and piece[lo - start : hi - start] != body[lo - offset : hi - offset]:
                 return False
@@ -245,7 +279,11 @@ class Reassembler:
         if existing is not None:
             partial.stored -= len(existing)
             self._buffered -= len(existing)
+        else:
+            insort(partial.starts, offset)
         partial.pieces[offset] = body
+        partial.longest = max(partial.longest, len(body))
+        partial.spans = _add_span(partial.spans, offset, end)
         partial.stored += len(body)
         self._buffered += len(body)
         return True
@@ -253,13 +291,13 @@ class Reassembler:
     def _complete(self, transaction_id: int, partial: _Partial) -> bytes | None:
         if partial.total is None:
             return None
+        if partial.total and not (
+            partial.spans and partial.spans[0][0] == 0 and partial.spans[0][1] >= partial.total
+        ):
+            return None  # a hole in [0, total): wait for more fragments
         out = bytearray(partial.total)
-        covered = bytearray(partial.total)
         for start, piece in partial.pieces.items():
             out[start : start + len(piece)] = piece
-            covered[start : start + len(piece)] = b"\x01" * len(piece)
-        if 0 in covered:
-            return None
         self._forget(transaction_id)
         self._completed[transaction_id] = partial.first_seen
         while len(self._completed) > 4 * self.max_pending:

@@ -16,12 +16,15 @@ message codec:
   hash in a bounded :class:`CertificateCache` fed from the security block's certificate bucket,
   checks the chain to the configuration's root-cert list (or the self-signed rule), the validity
   period at the injected time, the Node-ID binding and the signature, and returns a
-  :class:`VerifiedSigner` or raises :class:`SignatureError`.
+  :class:`VerifiedSigner` or raises :class:`SignatureError`. It remembers (bounded) the
+  signatures it has checked, so a value verified again costs a SHA-256 instead of a public-key
+  operation; the chain, validity and Node-ID checks still run on every call.
 
 The wire structures the signature input needs — SignerIdentity and Signature — are encoded by
-the normative Construct definitions of :mod:`reload.wire` (:func:`encode_signer_identity` and
-:func:`encode_signature` are re-exported from there; :func:`decode_signature` reads one
-Signature off the front of a buffer with them).
+:mod:`reload.wire` (:func:`encode_signer_identity` and :func:`encode_signature` are re-exported
+from there, its struct fast path, byte-equal to the normative Construct definitions;
+:func:`decode_signature` reads one Signature off the front of a buffer with them). A
+:class:`Signer` encodes its SignerIdentity once, not on every signature.
 """
 
 from __future__ import annotations
@@ -138,6 +141,11 @@ MAX_CERTIFICATES_PER_BLOCK: Final = 16
 MAX_NODE_IDS_PER_CERTIFICATE: Final = 64
 MAX_CHAIN_DEPTH: Final = 4
 MAX_SIGNATURE_SIZE: Final = 0xFFFF  # signature_value<0..2^16-1>
+#: Signatures a :class:`Verifier` remembers having checked (a bounded LRU), and the largest
+#: signature input it remembers: the key holds a SHA-256 of the input, cheap next to an
+#: ECDSA or RSA verification up to this size.
+VERIFIED_SIGNATURES_CACHED: Final = 4096
+MAX_CACHED_SIGNATURE_INPUT: Final = 16384
 #: certificates<0..2^16-1> of a SecurityBlock holding none (§6.3.4): :func:`decode_signature`.
 _EMPTY_CERTIFICATE_BUCKET: Final = b"\x00\x00"
 
@@ -679,9 +687,24 @@ class Signer:
         self.node_id = node_id
         self.hash_alg = hash_alg
         self.der = certificate_der(cert)
+        # SignerIdentity and its encoding per type: the certificate and Node-ID are fixed
+        self._identities: dict[int, tuple[SignerIdentity, bytes]] = {}
 
     def identity(self, identity_type: SignerIdentityType) -> SignerIdentity:
         """§6.3.4: cert_hash = H(certificate), cert_hash_node_id = H(Node-ID ‖ certificate)."""
+        return self._identity(identity_type)[0]
+
+    def _identity(self, identity_type: SignerIdentityType) -> tuple[SignerIdentity, bytes]:
+        cached = self._identities.get(identity_type)
+        if cached is None:
+            identity = self._compute_identity(identity_type)
+            cached = self._identities[identity_type] = (
+                identity,
+                encode_signer_identity(identity),
+            )
+        return cached
+
+    def _compute_identity(self, identity_type: SignerIdentityType) -> SignerIdentity:
         if identity_type == SignerIdentityType.CERT_HASH:
             return SignerIdentity(identity_type, self.hash_alg, hash_bytes(self.hash_alg, self.der))
         if identity_type == SignerIdentityType.CERT_HASH_NODE_ID:
@@ -696,8 +719,8 @@ class Signer:
     ) -> Signature:
         """Sign ``data ‖ SignerIdentity`` (§6.3.4, §7.1): ``data`` is the input up to, not
         including, the SignerIdentity (see :func:`message_signature_prefix`)."""
-        identity = self.identity(SignerIdentityType(identity_type))
-        to_sign = data + encode_signer_identity(identity)
+        identity, encoded = self._identity(SignerIdentityType(identity_type))
+        to_sign = data + encoded
         if isinstance(self.key, rsa.RSAPrivateKey):
             # RSASSA-PKCS1-v1_5 with SHA-256, the mandatory algorithm (§6.3.4).
             value = self.key.sign(to_sign, padding.PKCS1v15(), hashes.SHA256())
@@ -730,6 +753,40 @@ class CachedCertificate:
     #: DER of the issuer whose signature on this certificate was already checked.
     verified_issuer: bytes | None = None
     hashes: dict[HashAlgorithm, bytes] = field(default_factory=dict)
+    #: What the chain check reads of the certificate, parsed once (:func:`_facts_of`).
+    facts: CertificateFacts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    """The extensions and validity period a chain check reads (§11.3, PKIX), read once per
+    certificate rather than on every signature."""
+
+    is_ca: bool
+    path_length: int | None
+    #: KeyUsage present without digitalSignature: the key may not sign RELOAD data.
+    signing_forbidden: bool
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+
+
+def _facts_of(entry: CachedCertificate) -> CertificateFacts:
+    facts = entry.facts
+    if facts is None:
+        cert = entry.cert
+        try:
+            usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+            signing_forbidden = not usage.digital_signature
+        except x509.ExtensionNotFound:
+            signing_forbidden = False
+        facts = entry.facts = CertificateFacts(
+            _is_ca(cert),
+            _path_length(cert),
+            signing_forbidden,
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
+        )
+    return facts
 
 
 class CertificateCache:
@@ -840,6 +897,7 @@ class Verifier:
         self_signed_digest: str = "sha256",
         node_id_length: int = 16,
         cache: CertificateCache | None = None,
+        verified_cache_size: int = VERIFIED_SIGNATURES_CACHED,
     ) -> None:
         self.overlay = overlay
         self.self_signed_permitted = self_signed_permitted
@@ -847,6 +905,15 @@ class Verifier:
         self.node_id_length = node_id_length
         self.cache = cache if cache is not None else CertificateCache(overlay, node_id_length)
         self._roots = {certificate_der(c): c for c in trust_roots}
+        self._root_entries = {
+            der: CachedCertificate(der, c, [], None) for der, c in self._roots.items()
+        }
+        # (certificate DER, signature algorithm, signature_value, SHA-256 of the input) of
+        # signatures that verified: a value fetched again (a tracker's peer list, §7.4.2.2)
+        # is not verified again. Only the cryptographic check is skipped; the chain,
+        # validity at ``now`` and Node-ID checks run every time.
+        self._verified: OrderedDict[tuple[bytes, int, bytes, bytes], None] = OrderedDict()
+        self._verified_cache_size = verified_cache_size
 
     def verify(
         self,
@@ -885,7 +952,7 @@ class Verifier:
             if found is None:
                 raise SignatureError("unknown-signer", "no certificate matches SignerIdentity")
             entry, node_id = found
-            self._check_signature(entry.cert, data, signature)
+            self._check_signature(entry, data, signature)
         self_signed = self._check_chain(entry, moment)
         if not entry.node_ids:
             raise SignatureError("node-id-mismatch", f"no Node-ID for overlay {self.overlay}")
@@ -935,23 +1002,42 @@ class Verifier:
         # SignerIdentity none names no certificate: the signer must be one of the end-entity
         # certificates of the bucket, found by the key that verifies.
         for entry in bucket:
-            if entry.der in self._roots or _is_ca(entry.cert):
+            if entry.der in self._roots or _facts_of(entry).is_ca:
                 continue
             try:
-                self._check_signature(entry.cert, data, signature)
+                self._check_signature(entry, data, signature)
             except SignatureError:
                 continue
             return entry, None
         raise SignatureError("unknown-signer", "no certificate in the bucket made the signature")
 
-    @staticmethod
-    def _check_signature(cert: x509.Certificate, data: bytes, signature: Signature) -> None:
+    def _check_signature(self, entry: CachedCertificate, data: bytes, signature: Signature) -> None:
         try:
             to_verify = data + encode_signer_identity(signature.identity)
         except ReloadEncodeError as exc:  # a hand-built identity the wire cannot carry
             raise SignatureError("malformed", str(exc)) from None
         if signature.algorithm.hash != HashAlgorithm.SHA256:
             raise SignatureError("unsupported-algorithm", "only SHA-256 signatures")
+        remembered: tuple[bytes, int, bytes, bytes] | None = None
+        if len(to_verify) <= MAX_CACHED_SIGNATURE_INPUT and self._verified_cache_size > 0:
+            remembered = (
+                entry.der,
+                signature.algorithm.signature,
+                signature.signature_value,
+                hashlib.sha256(to_verify).digest(),
+            )
+            if remembered in self._verified:
+                self._verified.move_to_end(remembered)
+                return
+        self._verify_value(entry.cert, to_verify, signature)
+        if remembered is not None:
+            self._verified[remembered] = None
+            if len(self._verified) > self._verified_cache_size:
+                self._verified.popitem(last=False)
+
+    @staticmethod
+    def _verify_value(cert: x509.Certificate, to_verify: bytes, signature: Signature) -> None:
+        """The cryptographic check of §6.3.4: RSASSA-PKCS1-v1_5 or ECDSA, with SHA-256."""
         key = cert.public_key()
         value = signature.signature_value
         try:
@@ -975,29 +1061,27 @@ class Verifier:
     def _check_chain(self, entry: CachedCertificate, moment: datetime.datetime) -> bool:
         """Check the signer's certificate up to a trust root; True if it is self-signed."""
         leaf = entry.cert
-        _check_validity(leaf, moment)
-        if _is_ca(leaf):
+        facts = _facts_of(entry)
+        _check_validity(facts, moment)
+        if facts.is_ca:
             raise SignatureError("bad-chain", "a CA certificate cannot sign RELOAD data")
-        try:
-            usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-            if not usage.digital_signature:
-                raise SignatureError("bad-chain", "key usage forbids digital signatures")
-        except x509.ExtensionNotFound:
-            pass
+        if facts.signing_forbidden:
+            raise SignatureError("bad-chain", "key usage forbids digital signatures")
         current = entry
         for intermediates in range(MAX_CHAIN_DEPTH):
             issuer = self._issuer_of(current)
             if issuer is None:
                 break
+            issuer_facts = _facts_of(issuer)
             if issuer.der in self._roots:
-                _check_validity(issuer.cert, moment)
-                limit = _path_length(issuer.cert)
+                _check_validity(issuer_facts, moment)
+                limit = issuer_facts.path_length
                 if limit is not None and intermediates > limit:
                     raise SignatureError("bad-chain", "root's pathLenConstraint exceeded")
                 return False
             if issuer.der == current.der:
                 break
-            _check_validity(issuer.cert, moment)
+            _check_validity(issuer_facts, moment)
             current = issuer
         if self.self_signed_permitted and _is_self_issued(leaf):
             for node_id in entry.node_ids or [b"\0" * self.node_id_length]:
@@ -1007,22 +1091,20 @@ class Verifier:
 
     def _issuer_of(self, entry: CachedCertificate) -> CachedCertificate | None:
         if entry.verified_issuer is not None:  # checked before: skip the search
-            root = self._roots.get(entry.verified_issuer)
+            root = self._root_entries.get(entry.verified_issuer)
             if root is not None:
-                return CachedCertificate(entry.verified_issuer, root, [], None)
+                return root
             cached = self.cache.get(entry.verified_issuer)
             if cached is not None:
                 return cached
         candidates: list[CachedCertificate] = [
-            CachedCertificate(der, cert, [], None)
-            for der, cert in self._roots.items()
-            if cert.subject == entry.cert.issuer
+            root for root in self._root_entries.values() if root.cert.subject == entry.cert.issuer
         ]
         candidates += self.cache.by_subject(entry.cert.issuer)
         for candidate in candidates:
             if entry.verified_issuer == candidate.der:
                 return candidate
-            if candidate.der != entry.der and not _is_ca(candidate.cert):
+            if candidate.der != entry.der and not _facts_of(candidate).is_ca:
                 continue  # PKIX BasicConstraints (§11.3): only a CA issues
             try:
                 entry.cert.verify_directly_issued_by(candidate.cert)
@@ -1047,10 +1129,10 @@ def _path_length(cert: x509.Certificate) -> int | None:
         return None
 
 
-def _check_validity(cert: x509.Certificate, moment: datetime.datetime) -> None:
-    if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
+def _check_validity(facts: CertificateFacts, moment: datetime.datetime) -> None:
+    if not facts.not_before <= moment <= facts.not_after:
         raise SignatureError(
             "expired",
-            f"certificate valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
-            f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, now {moment:%Y-%m-%dT%H:%M:%SZ}",
+            f"certificate valid {facts.not_before:%Y-%m-%dT%H:%M:%SZ} to "
+            f"{facts.not_after:%Y-%m-%dT%H:%M:%SZ}, now {moment:%Y-%m-%dT%H:%M:%SZ}",
         )

@@ -7,6 +7,11 @@ convert between the two, and the ``encode_*``/``decode_*`` helpers expose the su
 other modules need on their own (the signature inputs of §6.3.4 and §7.1, the framing header of
 §6.6.2, the forwarding header a forwarding peer rewrites).
 
+The message path runs on the hand ``struct`` codec of :mod:`reload.fastwire` (DESIGN §3):
+:func:`encode_message`, :func:`decode_message` and the helpers next to them delegate there,
+and each has a ``*_construct`` twin here that does the same work with the Construct
+definitions. ``tests/test_reload_fastwire.py`` proves the two byte-equal, errors included.
+
 Encoding rules (§6.3.1): big-endian integers; a ``<0..2^N-1>`` vector carries a length prefix of
 the fewest bytes that hold 2^N-1 (:func:`opaque`, :func:`vector`); ``[n]`` arrays have none.
 A NodeId is NodeIdLength bytes (16 by default, the overlay configuration's ``node-id-length``);
@@ -63,6 +68,7 @@ from construct import (
     this,
 )
 
+from reload import fastwire
 from reload.messages import (
     DEFAULT_DATA_MODELS,
     DEFAULT_NODE_ID_LENGTH,
@@ -162,28 +168,42 @@ __all__ = [
     "SECURITY_BLOCK",
     "SIGNER_IDENTITY",
     "STORED_DATA",
+    "decode_body_construct",
     "decode_chord_leave_data",
     "decode_chord_route_query_ans",
     "decode_chord_update",
     "decode_contents",
+    "decode_contents_construct",
     "decode_forwarding_header",
+    "decode_forwarding_header_construct",
     "decode_framing",
     "decode_message",
+    "decode_message_construct",
     "decode_security_block",
+    "decode_security_block_construct",
     "decode_stored_data",
+    "decode_stored_data_construct",
     "encode_chord_leave_data",
     "encode_chord_route_query_ans",
     "encode_chord_update",
     "encode_contents",
+    "encode_contents_construct",
     "encode_destination",
     "encode_forwarding_header",
+    "encode_forwarding_header_construct",
     "encode_framing",
     "encode_message",
+    "encode_message_construct",
     "encode_security_block",
+    "encode_security_block_construct",
     "encode_signature",
+    "encode_signature_construct",
     "encode_signer_identity",
+    "encode_signer_identity_construct",
     "encode_stored_data",
+    "encode_stored_data_construct",
     "encode_stored_data_value",
+    "encode_stored_data_value_construct",
     "framed_size",
 ]
 
@@ -1224,7 +1244,7 @@ def encode_destination(d: Destination, node_id_length: int = DEFAULT_NODE_ID_LEN
     return _build(DESTINATION, _dest_to(d), "Destination", _params(node_id_length))
 
 
-def encode_forwarding_header(
+def encode_forwarding_header_construct(
     header: ForwardingHeader, payload_length: int, node_id_length: int = DEFAULT_NODE_ID_LENGTH
 ) -> bytes:
     """The forwarding header (§6.3.2) of a message whose contents and security block (or
@@ -1273,7 +1293,7 @@ def _check_length(data: bytes) -> None:
         raise ReloadDecodeError(f"fragment field {fragment:#010x}: bit 31 must be 1 (§6.3.2)")
 
 
-def decode_forwarding_header(
+def decode_forwarding_header_construct(
     data: bytes, node_id_length: int = DEFAULT_NODE_ID_LENGTH
 ) -> tuple[ForwardingHeader, int]:
     """Decode the forwarding header of the message (or fragment) ``data``; return it and the
@@ -1295,7 +1315,7 @@ def decode_forwarding_header(
     return _header_from(c), end
 
 
-def encode_contents(
+def encode_contents_construct(
     contents: MessageContents, node_id_length: int = DEFAULT_NODE_ID_LENGTH
 ) -> bytes:
     """MessageContents (§6.3.3) on the wire: part of the message signature input (§6.3.4)."""
@@ -1304,7 +1324,7 @@ def encode_contents(
     )
 
 
-def decode_contents(
+def decode_contents_construct(
     data: bytes,
     node_id_length: int = DEFAULT_NODE_ID_LENGTH,
     data_models: Mapping[int, DataModel] | None = None,
@@ -1317,26 +1337,26 @@ def decode_contents(
     return _contents_from(c, params["data_models"])
 
 
-def encode_signer_identity(identity: SignerIdentity) -> bytes:
+def encode_signer_identity_construct(identity: SignerIdentity) -> bytes:
     """SignerIdentity (§6.3.4) on the wire: the tail of the signature inputs (§6.3.4, §7.1)."""
     return _build(
         SIGNER_IDENTITY, _identity_to(identity), "SignerIdentity", _params(DEFAULT_NODE_ID_LENGTH)
     )
 
 
-def encode_signature(signature: Signature) -> bytes:
+def encode_signature_construct(signature: Signature) -> bytes:
     """Signature (§6.3.4) on the wire."""
     return _build(SIGNATURE, _signature_to(signature), "Signature", _params(DEFAULT_NODE_ID_LENGTH))
 
 
-def encode_security_block(block: SecurityBlock) -> bytes:
+def encode_security_block_construct(block: SecurityBlock) -> bytes:
     """SecurityBlock (§6.3.4) on the wire."""
     return _build(
         SECURITY_BLOCK, _security_to(block), "SecurityBlock", _params(DEFAULT_NODE_ID_LENGTH)
     )
 
 
-def decode_security_block(data: bytes) -> SecurityBlock:
+def decode_security_block_construct(data: bytes) -> SecurityBlock:
     """Decode a SecurityBlock that fills ``data`` exactly (§6.3.4)."""
     c = _parse(
         FocusedSeq("b", "b" / SECURITY_BLOCK, Terminated),
@@ -1347,7 +1367,7 @@ def decode_security_block(data: bytes) -> SecurityBlock:
     return _security_from(c)
 
 
-def encode_stored_data_value(value: StoredDataValue) -> bytes:
+def encode_stored_data_value_construct(value: StoredDataValue) -> bytes:
     """StoredDataValue (§7.2) on the wire, the model taken from the value's class.
 
     It is part of the StoredData signature input (§7.1), where an ArrayEntry's index is
@@ -1358,12 +1378,12 @@ def encode_stored_data_value(value: StoredDataValue) -> bytes:
     return _build(construct, obj, "StoredDataValue", _params(DEFAULT_NODE_ID_LENGTH))
 
 
-def encode_stored_data(data: StoredData) -> bytes:
+def encode_stored_data_construct(data: StoredData) -> bytes:
     """StoredData (§7) on the wire, its length field included."""
     return _build(STORED_DATA, _stored_data_to(data), "StoredData", _params(DEFAULT_NODE_ID_LENGTH))
 
 
-def decode_stored_data(data: bytes, model: DataModel) -> StoredData:
+def decode_stored_data_construct(data: bytes, model: DataModel) -> StoredData:
     """Decode a StoredData (length field included) that fills ``data``, of data model ``model``."""
     params = _params(DEFAULT_NODE_ID_LENGTH, {0: model})
     wrapped = Struct("kind" / Computed(0), "stored" / STORED_DATA, Terminated)
@@ -1371,18 +1391,20 @@ def decode_stored_data(data: bytes, model: DataModel) -> StoredData:
     return _stored_data_from(c.stored)
 
 
-def encode_message(msg: Message, node_id_length: int = DEFAULT_NODE_ID_LENGTH) -> bytes:
+def encode_message_construct(msg: Message, node_id_length: int = DEFAULT_NODE_ID_LENGTH) -> bytes:
     """The wire form of a whole message (§6.3); the header's length field is computed.
 
     Raises :class:`ReloadEncodeError` for a value that does not fit its field.
     """
-    contents = encode_contents(msg.contents, node_id_length)
-    security = encode_security_block(msg.security_block)
-    header = encode_forwarding_header(msg.header, len(contents) + len(security), node_id_length)
+    contents = encode_contents_construct(msg.contents, node_id_length)
+    security = encode_security_block_construct(msg.security_block)
+    header = encode_forwarding_header_construct(
+        msg.header, len(contents) + len(security), node_id_length
+    )
     return header + contents + security
 
 
-def decode_message(
+def decode_message_construct(
     data: bytes,
     node_id_length: int = DEFAULT_NODE_ID_LENGTH,
     data_models: Mapping[int, DataModel] | None = None,
@@ -1406,6 +1428,122 @@ def decode_message(
         _contents_from(c.contents, params["data_models"]),
         _security_from(c.security_block),
     )
+
+
+def decode_body_construct(
+    code: int, body: bytes, node_id_length: int, data_models: Mapping[int, DataModel]
+) -> MessageBody:
+    """Decode a message_body of ``code`` (§6.3.3) that fills ``body``, with
+    :data:`MESSAGE_BODY`: what :mod:`reload.fastwire` uses for the bodies it does not cover.
+    Raises :class:`ReloadDecodeError` (:class:`UnknownKindError` for an unknown Kind)."""
+    params = _params(node_id_length, data_models)
+    wrapped = Struct(
+        "message_code" / Computed(code),
+        "message_body" / FocusedSeq("value", "value" / MESSAGE_BODY, Terminated),
+    )
+    c = _parse(wrapped, bytes(body), "message body", params)
+    return _body_from(code, c.message_body, params["data_models"])
+
+
+# --- the message path: reload.fastwire, byte-equal to the *_construct functions above --------
+
+
+def encode_forwarding_header(
+    header: ForwardingHeader, payload_length: int, node_id_length: int = DEFAULT_NODE_ID_LENGTH
+) -> bytes:
+    """The forwarding header (§6.3.2) of a message whose contents and security block (or
+    fragment of them) take ``payload_length`` bytes: the length field is computed."""
+    return fastwire.encode_forwarding_header(header, payload_length, node_id_length)
+
+
+def decode_forwarding_header(
+    data: bytes, node_id_length: int = DEFAULT_NODE_ID_LENGTH
+) -> tuple[ForwardingHeader, int]:
+    """Decode the forwarding header of the message (or fragment) ``data``; return it and the
+    offset where the message contents (or the fragment's bytes) start.
+
+    The length field must equal ``len(data)`` and relo_token must be right (§6.3.2); the
+    version is returned for the caller to reject. Raises :class:`ReloadDecodeError`.
+    """
+    return fastwire.decode_forwarding_header(data, node_id_length)
+
+
+def encode_contents(
+    contents: MessageContents, node_id_length: int = DEFAULT_NODE_ID_LENGTH
+) -> bytes:
+    """MessageContents (§6.3.3) on the wire: part of the message signature input (§6.3.4)."""
+    return fastwire.encode_contents(contents, node_id_length)
+
+
+def decode_contents(
+    data: bytes,
+    node_id_length: int = DEFAULT_NODE_ID_LENGTH,
+    data_models: Mapping[int, DataModel] | None = None,
+) -> MessageContents:
+    """Decode a MessageContents that fills ``data`` exactly (§6.3.3)."""
+    return fastwire.decode_contents(data, node_id_length, data_models)
+
+
+def encode_signer_identity(identity: SignerIdentity) -> bytes:
+    """SignerIdentity (§6.3.4) on the wire: the tail of the signature inputs (§6.3.4, §7.1)."""
+    return fastwire.encode_signer_identity(identity)
+
+
+def encode_signature(signature: Signature) -> bytes:
+    """Signature (§6.3.4) on the wire."""
+    return fastwire.encode_signature(signature)
+
+
+def encode_security_block(block: SecurityBlock) -> bytes:
+    """SecurityBlock (§6.3.4) on the wire."""
+    return fastwire.encode_security_block(block)
+
+
+def decode_security_block(data: bytes) -> SecurityBlock:
+    """Decode a SecurityBlock that fills ``data`` exactly (§6.3.4)."""
+    return fastwire.decode_security_block(data)
+
+
+def encode_stored_data_value(value: StoredDataValue) -> bytes:
+    """StoredDataValue (§7.2) on the wire, the model taken from the value's class.
+
+    It is part of the StoredData signature input (§7.1), where an ArrayEntry's index is
+    zeroed: pass ``ArrayEntry(0, ...)`` for that.
+    """
+    return fastwire.encode_stored_data_value(value)
+
+
+def encode_stored_data(data: StoredData) -> bytes:
+    """StoredData (§7) on the wire, its length field included."""
+    return fastwire.encode_stored_data(data)
+
+
+def decode_stored_data(data: bytes, model: DataModel) -> StoredData:
+    """Decode a StoredData (length field included) that fills ``data``, of data model ``model``."""
+    return fastwire.decode_stored_data(data, model)
+
+
+def encode_message(msg: Message, node_id_length: int = DEFAULT_NODE_ID_LENGTH) -> bytes:
+    """The wire form of a whole message (§6.3); the header's length field is computed.
+
+    Raises :class:`ReloadEncodeError` for a value that does not fit its field.
+    """
+    return fastwire.encode_message(msg, node_id_length)
+
+
+def decode_message(
+    data: bytes,
+    node_id_length: int = DEFAULT_NODE_ID_LENGTH,
+    data_models: Mapping[int, DataModel] | None = None,
+) -> Message:
+    """Decode a whole, unfragmented message (§6.3), the body according to its message code.
+
+    Checks before parsing that relo_token is right, that the length field equals
+    ``len(data)`` and that this is not a fragment (reassemble first, §6.7). ``data_models``
+    gives the data model of each Kind-ID (§7.2), default :data:`DEFAULT_DATA_MODELS`.
+    Raises :class:`ReloadDecodeError` (:class:`UnknownKindError` for a Kind-ID without one).
+    """
+    return fastwire.decode_message(data, node_id_length, data_models)
 
 
 def encode_framing(frame: FramedMessage) -> bytes:

@@ -696,6 +696,9 @@ def test_fuzz_mutated_messages(msg: Message, data: st.DataObject) -> None:
         decoded = wire.decode_message(mutated, data_models=MODELS)
     except ReloadDecodeError:
         return
-    # Whatever decodes re-encodes to the same bytes: no silent truncation or slack.
+    # Whatever decodes re-encodes to the same bytes: no silent truncation or slack. The
+    # Construct encoder builds it afresh (reload.fastwire returns the MessageContents it just
+    # decoded as received, which relies on this property).
+    assert wire.encode_message_construct(decoded) == mutated
     assert wire.encode_message(decoded) == mutated
     _decoders(mutated[FORWARDING_HEADER_SIZE:])
