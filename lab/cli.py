@@ -1420,6 +1420,52 @@ def cmd_cacher(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# -- p2pcdn csc (csc/cli.py, imported when used) --------------------------------------------
+
+
+def _csc_arguments(parser: argparse.ArgumentParser) -> None:
+    from csc.cli import add_arguments
+
+    add_arguments(parser)
+
+
+@command(
+    "csc",
+    help="content sharing client: watch a channel or zap through channels",
+    description="Watch channels listed by the portal: tracker FIND with the area, PPSPP from "
+    "the cacher and peers, rescue from the storage overlay or source when peers starve; "
+    "prints startup delays, Q1, Q2 and bytes by origin (docs/csc.md).",
+    arguments=_csc_arguments,
+    epilog="example:\n  p2pcdn csc --portal http://127.0.0.1:8080/ zap news film --dwell 10\n",
+)
+def cmd_csc(args: argparse.Namespace) -> int:
+    from csc.cli import run
+
+    return run(args)
+
+
+# -- p2pcdn lab (lab/lab_cli.py, imported when used) -----------------------------------------
+
+
+def _lab_arguments(parser: argparse.ArgumentParser) -> None:
+    from lab.lab_cli import add_arguments
+
+    add_arguments(parser)
+
+
+@command(
+    "lab",
+    help="network-namespace lab: run scenarios on topologies (root; docs/lab.md)",
+    description="Run the CDN on hosts emulated by network namespaces: `lab run TOPOLOGY.toml "
+    "[--scenario NAME] [--out DIR]`, `lab cleanup` after a killed run, `lab check`.",
+    arguments=_lab_arguments,
+)
+def cmd_lab(args: argparse.Namespace) -> int:
+    from lab.lab_cli import run
+
+    return run(args)
+
+
 # -- p2pcdn source: portal/source_cli.py (it gets this module, so it never imports lab.cli) ----
 from portal.source_cli import register as _register_source  # noqa: E402
 

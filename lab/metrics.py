@@ -1,0 +1,335 @@
+"""Lab metrics: aggregate the daemons' JSON reports; write results JSON, plots and a report.
+
+* :func:`aggregate_csc` — from the CSCs' ``--json`` reports (csc/cli.py), per phase of a
+  scenario: the startup-delay distribution (CDF, median, p95), Q1 = play / (play + stall),
+  Q2 = 1 − viewers who stalled / viewers (LiveSky §4.4), stall events, channel changes without
+  a first frame, and bytes by origin (cacher, peer, storage overlay, source).
+* :func:`write_outputs` — ``results.json``, PNG plots (matplotlib, Agg backend) and
+  ``report.md``, the file a person reads first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+#: Origins of bytes as the CSC accounts them (csc/core.py Origin), in report order.
+ORIGINS: Final = ("cacher", "peer", "overlay", "source")
+ORIGIN_LABELS: Final = {
+    "cacher": "cacher",
+    "peer": "peer",
+    "overlay": "storage overlay",
+    "source": "source",
+}
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """The ``fraction`` quantile by linear interpolation (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def cdf(values: Sequence[float]) -> list[tuple[float, float]]:
+    """Points (value, share of values ≤ it) of the empirical CDF."""
+    ordered = sorted(values)
+    n = len(ordered)
+    return [(v, (i + 1) / n) for i, v in enumerate(ordered)]
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def phase_metrics(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Metrics of one phase from its CSC reports (one per CSC process)."""
+    delays: list[float] = []
+    handshakes: list[float] = []
+    no_first_frame = 0
+    stall_events = 0
+    play = stall = 0.0
+    stalled_viewers = 0
+    by_origin = dict.fromkeys(ORIGINS, 0)
+    by_area: dict[str, dict[str, int]] = {}
+    for report in reports:
+        channels = report.get("channels", [])
+        viewer_stalls = 0
+        for channel in channels:
+            delay = channel.get("startup_delay")
+            if isinstance(delay, int | float):
+                delays.append(float(delay))
+            else:
+                no_first_frame += 1
+            handshake = channel.get("handshake_delay")
+            if isinstance(handshake, int | float):
+                handshakes.append(float(handshake))
+            viewer_stalls += int(_number(channel.get("stalls")))
+        stall_events += viewer_stalls
+        stalled_viewers += 1 if viewer_stalls else 0
+        play += _number(report.get("play_time"))
+        stall += _number(report.get("stall_time"))
+        area = by_area.setdefault(str(report.get("area", "")), dict.fromkeys(ORIGINS, 0))
+        for origin, count in dict(report.get("bytes", {})).items():
+            by_origin[origin] = by_origin.get(origin, 0) + int(_number(count))
+            area[origin] = area.get(origin, 0) + int(_number(count))
+    viewers = len(reports)
+    total = sum(by_origin.values())
+    return {
+        "viewers": viewers,
+        "channel_changes": len(delays) + no_first_frame,
+        "no_first_frame": no_first_frame,
+        "startup_delays": sorted(delays),
+        "startup_delay_median": percentile(delays, 0.5),
+        "startup_delay_p95": percentile(delays, 0.95),
+        "startup_delay_cdf": cdf(delays),
+        "handshake_delay_median": percentile(handshakes, 0.5),
+        "q1": play / (play + stall) if play + stall > 0 else None,
+        "q2": 1.0 - stalled_viewers / viewers if viewers else None,
+        "play_time": play,
+        "stall_time": stall,
+        "stall_events": stall_events,
+        "bytes_by_origin": by_origin,
+        "bytes_share": {o: (n / total if total else 0.0) for o, n in by_origin.items()},
+        "bytes_by_area": by_area,
+    }
+
+
+def aggregate_csc(
+    scenario: str, topology: str, phases: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """Results of a CSC scenario, one :func:`phase_metrics` per phase; with both a ``push`` and
+    a ``no-push`` phase, the p95 speed-up of push."""
+    data: dict[str, Any] = {
+        "scenario": scenario,
+        "topology": topology,
+        "phases": {name: phase_metrics(reports) for name, reports in phases.items()},
+    }
+    push = data["phases"].get("push", {}).get("startup_delay_p95")
+    plain = data["phases"].get("no-push", {}).get("startup_delay_p95")
+    if push and plain:
+        data["push_speedup_p95"] = plain / push
+    return data
+
+
+def push_targets(data: Mapping[str, Any], cacher_rtt: Mapping[str, float]) -> dict[str, Any]:
+    """Issue 9's fast-channel-change targets against ``data`` (:func:`aggregate_csc`):
+    with push, p95 startup ≤ 1.5 × (RTT to the cacher + first-chunk time), taking the median
+    of that sum over the CSC hosts (``cacher_rtt``); and push ≥ 5× faster at p95."""
+    targets: dict[str, Any] = {}
+    push = data.get("phases", {}).get("push", {})
+    p95 = push.get("startup_delay_p95")
+    if cacher_rtt and p95 is not None:
+        bound = 1.5 * float(percentile(list(cacher_rtt.values()), 0.5) or 0.0)
+        targets["push_p95"] = {"value": p95, "bound": bound, "met": p95 <= bound}
+    speedup = data.get("push_speedup_p95")
+    if speedup is not None:
+        targets["push_speedup_p95"] = {"value": speedup, "bound": 5.0, "met": speedup >= 5.0}
+    return targets
+
+
+def sanity_problems(data: Mapping[str, Any]) -> list[str]:
+    """What is missing or impossible in ``data`` (used by tests and the report)."""
+    problems = []
+    for name, phase in data.get("phases", {}).items():
+        if not phase["viewers"]:
+            problems.append(f"{name}: no CSC report")
+            continue
+        if not phase["startup_delays"]:
+            problems.append(f"{name}: no channel change reached its first frame")
+        if any(d < 0 or d > 600 for d in phase["startup_delays"]):
+            problems.append(f"{name}: startup delay out of range")
+        for key in ("q1", "q2"):
+            value = phase[key]
+            if value is None or not 0.0 <= value <= 1.0:
+                problems.append(f"{name}: {key} = {value!r} is not in [0, 1]")
+        if sum(phase["bytes_by_origin"].values()) <= 0:
+            problems.append(f"{name}: no bytes received")
+    if "killed" in data and not data.get("restored_swarms"):
+        problems.append(f"the restarted {data['killed']} reported no swarm in its batch report")
+    for host, sockets in data.get("bound_elsewhere", {}).items():
+        problems.append(f"{host}: sockets bound outside the lab address: {', '.join(sockets)}")
+    for pair in data.get("pairs", []):
+        if not pair["received"]:
+            problems.append(f"{pair['src']} → {pair['dst']}: no echo answered")
+    return problems
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def write_outputs(out_dir: Path, data: Mapping[str, Any]) -> list[Path]:
+    """Write ``results.json``, the plots and ``report.md`` into ``out_dir``; their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir / "results.json"
+    results.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    paths = [results, *plot(out_dir, data)]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(report_lines(data, [p.name for p in paths[1:]])) + "\n")
+    return [report, *paths]
+
+
+def plot(out_dir: Path, data: Mapping[str, Any]) -> list[Path]:
+    """PNG plots of ``data``: startup-delay CDF and bytes by origin per phase, or the RTT of
+    every host pair against the topology's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    phases: Mapping[str, Any] = data.get("phases", {})
+    if any(p["startup_delays"] for p in phases.values()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, phase in phases.items():
+            points = phase["startup_delay_cdf"]
+            if points:
+                xs = [p[0] * 1000 for p in points]
+                ys = [p[1] for p in points]
+                ax.step(xs, ys, where="post", label=name)
+        ax.set_xlabel("channel-change startup delay (ms)")
+        ax.set_ylabel("share of channel changes")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"Startup delay CDF — {data.get('topology', '')}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = out_dir / "startup_delay_cdf.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    if phases:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        names = list(phases)
+        bottom = [0.0] * len(names)
+        for origin in ORIGINS:
+            shares = [phases[n]["bytes_share"].get(origin, 0.0) * 100 for n in names]
+            ax.bar(names, shares, bottom=bottom, label=ORIGIN_LABELS[origin])
+            bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
+        ax.set_ylabel("share of bytes (%)")
+        ax.set_title("Bytes by origin")
+        ax.legend()
+        path = out_dir / "bytes_by_origin.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    pairs = [p for p in data.get("pairs", []) if p["rtt_min"] is not None]
+    if pairs:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        expected = [p["expected_rtt"] * 1000 for p in pairs]
+        measured = [p["rtt_min"] * 1000 for p in pairs]
+        ax.scatter(expected, measured)
+        top = max([*expected, *measured, 1.0]) * 1.1
+        ax.plot([0, top], [0, top], linestyle="--", color="grey", label="measured = topology")
+        ax.set_xlabel("topology RTT (ms)")
+        ax.set_ylabel("measured minimum RTT (ms)")
+        ax.set_title("RTT between hosts")
+        ax.legend()
+        path = out_dir / "rtt.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value * 1000:.1f} ms"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def report_lines(data: Mapping[str, Any], plots: Sequence[str] = ()) -> list[str]:
+    """The Markdown report: what ran, the headline numbers, then detail and plots."""
+    lines = [
+        f"# Lab report: {data.get('scenario', '?')} on {data.get('topology', '?')}",
+        "",
+    ]
+    problems = sanity_problems(data)
+    lines.append(
+        "**Sanity: all metrics present and in range.**"
+        if not problems
+        else "**Sanity problems:** " + "; ".join(problems)
+    )
+    lines.append("")
+    phases: Mapping[str, Any] = data.get("phases", {})
+    if phases:
+        lines += [
+            "| phase | viewers | changes | no first frame | median startup | p95 startup "
+            "| median first handshake | Q1 | Q2 | stalls |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, p in phases.items():
+            lines.append(
+                f"| {name} | {p['viewers']} | {p['channel_changes']} | {p['no_first_frame']} "
+                f"| {_ms(p['startup_delay_median'])} | {_ms(p['startup_delay_p95'])} "
+                f"| {_ms(p.get('handshake_delay_median'))} | {_ratio(p['q1'])} | {_ratio(p['q2'])} | {p['stall_events']} |"
+            )
+        if "push_speedup_p95" in data:
+            lines += ["", f"Push makes p95 startup {data['push_speedup_p95']:.1f}× faster."]
+        targets = data.get("targets", {})
+        if targets:
+            lines += ["", "Targets (issue 9):", ""]
+            if "push_p95" in targets:
+                t = targets["push_p95"]
+                lines.append(
+                    f"- with push, p95 startup {_ms(t['value'])} ≤ 1.5 × (RTT to the cacher + "
+                    f"first-chunk time) = {_ms(t['bound'])}: {'met' if t['met'] else 'NOT met'}"
+                )
+            if "push_speedup_p95" in targets:
+                t = targets["push_speedup_p95"]
+                lines.append(
+                    f"- push ≥ 5× faster than without at p95: {t['value']:.1f}×, "
+                    f"{'met' if t['met'] else 'NOT met'}"
+                )
+        lines += [
+            "",
+            "Bytes by origin:",
+            "",
+            "| phase | " + " | ".join(ORIGIN_LABELS[o] for o in ORIGINS) + " |",
+            "|---|" + "---|" * len(ORIGINS),
+        ]
+        for name, p in phases.items():
+            cells = [
+                f"{p['bytes_by_origin'].get(o, 0)} ({p['bytes_share'].get(o, 0.0) * 100:.1f}%)"
+                for o in ORIGINS
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "killed" in data:
+        lines += [
+            "",
+            f"Killed {data['killed']} (SIGKILL) mid-zap; restarted it in "
+            f"{_ms(data.get('restart_seconds'))}; its batch availability report restored "
+            f"{data.get('restored_swarms')} swarm(s) at the tracker.",
+        ]
+    pairs = data.get("pairs", [])
+    if pairs:
+        lines += [
+            f"Delay, jitter and loss: {'netem' if data.get('netem') else 'userspace emulator'}.",
+            "",
+            "| from | to | topology RTT | measured min RTT | median | answered |",
+            "|---|---|---|---|---|---|",
+        ]
+        for pair in pairs:
+            lines.append(
+                f"| {pair['src']} | {pair['dst']} | {_ms(pair['expected_rtt'])} "
+                f"| {_ms(pair['rtt_min'])} | {_ms(pair['rtt_median'])} "
+                f"| {pair['received']}/{pair['sent']} |"
+            )
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{name}]({name})" for name in plots]
+    lines += [
+        "",
+        "Files: `results.json` (all numbers), `run.json` (what ran), `logs/` (each daemon's "
+        "stdout and stderr), `config/` (generated configurations).",
+    ]
+    return lines

@@ -1,0 +1,818 @@
+"""Lab scenarios: what runs on a topology once its network is built (:mod:`lab.runner`).
+
+A :class:`Scenario` has four steps the runner calls in order: :meth:`~Scenario.validate`
+(before anything is created: does the topology have the roles it needs?),
+:meth:`~Scenario.setup` (configurations, certificates, daemons started on their hosts),
+:meth:`~Scenario.run` (the measured part) and :meth:`~Scenario.collect` (turn the daemons'
+output into metrics, :mod:`lab.metrics`). Teardown is the runner's, always.
+
+Shipped scenarios (:data:`SCENARIOS`):
+
+* ``connectivity`` — a UDP echo server on every host and an echo client on every host probing
+  all the others through the link emulator: the measured RTT matrix against the topology's.
+  Needs no CDN daemon; the lab's self-test.
+* ``fast-channel-change`` — the whole CDN (tracker, portal, storage overlay, source publishing
+  VoD channels, one cacher per area, CSCs zapping) twice: cachers pushing the head chunks
+  (F4) and cachers that do not; startup delays, Q1/Q2, stalls and bytes by origin.
+* ``flash-crowd``, ``churn``, ``cacher-restart``, ``node-kill``, ``area-locality`` — issue 9
+  item 2, declared here and refused with a clear message until written.
+
+``python -m lab.scenarios echo-server|echo-client …`` are the probes of ``connectivity``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import secrets
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from lab import metrics
+from lab.topology import Topology, TopologyError
+
+if TYPE_CHECKING:
+    from lab.runner import Daemon, LabRun
+
+ECHO_PORT: Final = 9900
+
+
+class Scenario:
+    """Base class; subclasses set :attr:`name`, :attr:`roles` and override the steps."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Roles the topology must have at least one host of.
+    roles: ClassVar[frozenset[str]] = frozenset()
+    #: False for a declared scenario not written yet: refused before anything is built.
+    implemented: ClassVar[bool] = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        #: The topology's ``[scenario]`` table, then command-line overrides.
+        self.options: dict[str, Any] = dict(options or {})
+
+    def option(self, key: str, default: Any) -> Any:
+        value = self.options.get(key, default)
+        if type(value) is not type(default) and not (
+            isinstance(default, float) and isinstance(value, int)
+        ):
+            raise TopologyError(f"[scenario] {key} = {value!r}: expected {type(default).__name__}")
+        return value
+
+    def validate(self, topology: Topology) -> None:
+        """:class:`TopologyError` when this scenario cannot run on ``topology``."""
+        if not self.implemented:
+            raise TopologyError(f"scenario {self.name!r} is not written yet (issue 9 item 2)")
+        missing = sorted(r for r in self.roles if not topology.with_role(r))
+        if missing:
+            raise TopologyError(
+                f"scenario {self.name!r} needs a host with role(s) {', '.join(missing)} "
+                f"in topology {topology.name!r}"
+            )
+
+    def setup(self, run: LabRun) -> None:
+        """Write configurations and start the daemons."""
+
+    def run(self, run: LabRun) -> None:
+        """The measured part."""
+
+    def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
+        """Metrics from the daemons' stdout lines (by daemon name)."""
+        return {"scenario": self.name, "topology": run.topology.name}
+
+
+# -- connectivity -------------------------------------------------------------------------------
+
+
+class Connectivity(Scenario):
+    name = "connectivity"
+    description = "UDP echo between every pair of hosts through the link emulation"
+
+    def setup(self, run: LabRun) -> None:
+        seconds = self.option("echo_seconds", 120.0)
+        for host in run.topology.hosts:
+            run.start_command(
+                f"echo-{host}",
+                host,
+                [
+                    sys.executable,
+                    "-m",
+                    "lab.scenarios",
+                    "echo-server",
+                    run.address(host),
+                    str(ECHO_PORT),
+                    "--seconds",
+                    str(seconds),
+                ],
+            )
+        for host in run.topology.hosts:
+            run.daemons[f"echo-{host}"].wait_lines(1, timeout=15.0)
+
+    def run(self, run: LabRun) -> None:
+        count = self.option("probes", 5)
+        clients = []
+        for host in run.topology.hosts:
+            targets = [run.address(h) for h in run.topology.hosts if h != host]
+            clients.append(
+                run.start_command(
+                    f"probe-{host}",
+                    host,
+                    [
+                        sys.executable,
+                        "-m",
+                        "lab.scenarios",
+                        "echo-client",
+                        "--port",
+                        str(ECHO_PORT),
+                        "--count",
+                        str(count),
+                        *targets,
+                    ],
+                    required=False,
+                )
+            )
+        statuses = run.wait_for(clients, timeout=60.0, what="probing")
+        failed = [name for name, status in statuses.items() if status != 0]
+        if failed:
+            raise RuntimeError(f"echo probes failed: {', '.join(failed)}")
+
+    def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
+        by_address = {str(h.address): h.name for h in run.topology.hosts.values()}
+        pairs = []
+        for host in run.topology.hosts:
+            for line in outputs.get(f"probe-{host}", []):
+                record = _json_line(line)
+                if record is None or "target" not in record:
+                    continue
+                dst = by_address[record["target"]]
+                expected = run.topology.path(host, dst).delay + run.topology.path(dst, host).delay
+                pairs.append(
+                    {
+                        "src": host,
+                        "dst": dst,
+                        "expected_rtt": expected,
+                        "rtt_min": record["rtt_min"],
+                        "rtt_median": record["rtt_median"],
+                        "received": record["received"],
+                        "sent": record["sent"],
+                    }
+                )
+        return {
+            "scenario": self.name,
+            "topology": run.topology.name,
+            "netem": run.values.get("netem"),
+            "pairs": pairs,
+        }
+
+
+# -- fast channel change ------------------------------------------------------------------------
+
+TRACKER_HTTP, TRACKER_UDP, TRACKER_TCP = 7845, 7846, 7847
+PORTAL_PORT: Final = 8080
+OVERLAY_BASE_PORT: Final = 6100
+CACHER_PORT: Final = 7100
+OVERLAY_NAME: Final = "storage.lab.p2pcdn"
+SOURCE_USER: Final = f"source@{OVERLAY_NAME}"
+
+
+class FastChannelChange(Scenario):
+    name = "fast-channel-change"
+    description = (
+        "CSCs zap through VoD channels served by their area's cacher, once with the head "
+        "chunks pushed after the handshake (F4) and once without"
+    )
+    roles = frozenset({"tracker", "portal", "source", "storage", "cacher", "csc"})
+
+    def phases(self) -> list[tuple[str, int]]:
+        """(phase name, cacher push_head) in run order."""
+        phases = [("push", self.option("push_head", 64)), ("no-push", 0)]
+        only = self.options.get("phase")
+        return [p for p in phases if only in (None, p[0])]
+
+    def setup(self, run: LabRun) -> None:
+        topo = run.topology
+        core = topo.with_role("tracker")[0].name
+        addr = run.address(core)
+        config = run.host_dir(core) / "tracker.toml"
+        config.write_text(
+            "[listen]\n"
+            f'http = "{addr}:{TRACKER_HTTP}"\nudp = "{addr}:{TRACKER_UDP}"\n'
+            f'tcp = "{addr}:{TRACKER_TCP}"\n'
+            "[timers]\n"
+            # Push hints every second rather than 10 s, so that a short run sees them.
+            f"hint_interval = {float(self.option('hint_interval', 1.0))}\n"
+            '[logging]\nlevel = "info"\n'
+        )
+        tracker = run.start("tracker", core, ["tracker", "--config", str(config)])
+        tracker.wait_lines(3, timeout=30.0)
+        run.values["tracker"] = f"ppsp-udp://{addr}:{TRACKER_UDP}"
+
+        portal_host = topo.with_role("portal")[0].name
+        token = secrets.token_hex(16)
+        token_file = run.host_dir(portal_host) / "portal.token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        portal = run.start(
+            "portal",
+            portal_host,
+            [
+                "portal",
+                "--listen",
+                f"{run.address(portal_host)}:{PORTAL_PORT}",
+                "--token-file",
+                str(token_file),
+            ],
+        )
+        run.values["portal"] = portal.wait_lines(1, timeout=30.0)[0].strip()
+        run.values["portal_token"] = token
+        self._storage_overlay(run)
+        self._publish(run)
+
+    def _storage_overlay(self, run: LabRun) -> None:
+        """Storage overlay: certificates and daemon TOMLs (reload.usages.config), bound to the
+        lab addresses; its nodes on the storage hosts, then one node each for the source and
+        the cachers (they start with their daemons)."""
+        from reload import security
+        from reload.usages.config import add_daemon, make_overlay_dir, overlay_xml
+
+        topo = run.topology
+        storage_hosts = topo.with_role("storage")
+        per_host = self.option("storage_nodes_per_host", 2)
+        root = run.config_dir / "overlay"
+        count = per_host * len(storage_hosts)
+        tomls = make_overlay_dir(
+            root,
+            OVERLAY_NAME,
+            count,
+            "storage",
+            base_port=OVERLAY_BASE_PORT,
+            bootstrap_count=1,
+        )
+        placement = [storage_hosts[i // per_host].name for i in range(count)]
+        first = (run.address(placement[0]), OVERLAY_BASE_PORT)
+        ca = security.load_certificate(root / "ca" / "ca.pem")
+        (root / "overlay.xml").write_bytes(overlay_xml(OVERLAY_NAME, "storage", [ca], [first]))
+        for i, (toml, host) in enumerate(zip(tomls, placement, strict=True)):
+            _rebind(toml, run.address(host), OVERLAY_BASE_PORT + i, first)
+        nodes = []
+        for i, (toml, host) in enumerate(zip(tomls, placement, strict=True)):
+            nodes.append(run.start(f"storage-{i}", host, ["overlay", "--config", str(toml)]))
+            if i == 0:  # it creates the overlay: the others join through it
+                nodes[0].wait_lines(2, timeout=60.0)
+        for node in nodes[1:]:
+            node.wait_lines(2, timeout=60.0)
+        run.values["overlay_bootstrap"] = first
+        for host in topo.with_role("cacher"):
+            toml = add_daemon(
+                root,
+                f"cacher-{host.name}",
+                f"{host.name}@{OVERLAY_NAME}",
+                port=OVERLAY_BASE_PORT + 91,
+                bootstrap=[first],
+            )
+            _rebind(toml, run.address(host.name), OVERLAY_BASE_PORT + 91, first)
+            run.values[f"overlay-{host.name}"] = toml
+
+    def _publish(self, run: LabRun) -> None:
+        from reload.usages.config import add_daemon
+
+        topo = run.topology
+        source_host = topo.with_role("source")[0].name
+        channels = self.option("channels", 4)
+        size = self.option("channel_bytes", 1 << 20)
+        names = [f"ch{i + 1}" for i in range(channels)]
+        sources = []
+        for i, name in enumerate(names):
+            # One overlay node per source process, all with the source's user name: the
+            # content namespace is the user name, not the node.
+            port = OVERLAY_BASE_PORT + 50 + i
+            first = run.values["overlay_bootstrap"]
+            toml = add_daemon(
+                run.config_dir / "overlay",
+                f"source-{name}",
+                SOURCE_USER,
+                port=port,
+                bootstrap=[first],
+            )
+            _rebind(toml, run.address(source_host), port, first)
+            content = run.host_dir(source_host) / f"{name}.bin"
+            content.write_bytes(secrets.token_bytes(size))
+            sources.append(
+                run.start(
+                    f"source-{name}",
+                    source_host,
+                    [
+                        "source",
+                        "publish",
+                        str(content),
+                        "--name",
+                        name,
+                        "--overlay",
+                        str(toml),
+                        "--tracker",
+                        run.values["tracker"],
+                        "--portal",
+                        run.values["portal"],
+                        "--listen",
+                        f"{run.address(source_host)}:0",
+                    ],
+                    env={"P2PCDN_PORTAL_TOKEN": run.values["portal_token"]},
+                )
+            )
+        for source in sources:
+            source.wait_lines(2, timeout=120.0)
+        run.values["channels"] = names
+        wait_portal(run, source_host, run.values["channels"], timeout=120.0)
+
+    def _start_cachers(self, run: LabRun, phase: str, push_head: int) -> list[Any]:
+        cachers = []
+        for host in run.topology.with_role("cacher"):
+            directory = run.host_dir(host.name) / f"cacher-{phase}"
+            directory.mkdir(parents=True, exist_ok=True)
+            config = directory / "cacher.toml"
+            config.write_text(
+                "[cacher]\n"
+                f"tracker = {json.dumps(run.values['tracker'])}\n"
+                f"area = {json.dumps(host.area)}\n"
+                f"listen = {json.dumps(f'{run.address(host.name)}:{CACHER_PORT}')}\n"
+                f"cache_dir = {json.dumps(str(directory / 'cache'))}\n"
+                f"storage_overlay = {json.dumps(str(run.values[f'overlay-{host.name}']))}\n"
+                f"sources = [{json.dumps(SOURCE_USER)}]\n"
+                f"portal = {json.dumps(run.values['portal'])}\n"
+                f"push_head = {push_head}\n"
+            )
+            cacher = run.start(
+                f"cacher-{host.name}-{phase}", host.name, ["cacher", "--config", str(config)]
+            )
+            cachers.append(cacher)
+        for cacher in cachers:
+            cacher.wait_lines(1, timeout=60.0)
+        return cachers
+
+    def run(self, run: LabRun) -> None:
+        dwell = self.option("dwell", 3.0)
+        settle = self.option("settle", 2.0)
+        for phase, push_head in self.phases():
+            cachers = self._start_cachers(run, phase, push_head)
+            run.sleep(settle)
+            if push_head:
+                # The tracker hints the cachers with the channels viewers watch (F4): one
+                # unmeasured viewer per area makes them hot, then the cachers prefetch.
+                first_per_area = {h.area: h for h in run.topology.with_role("csc")}
+                warmups = [
+                    self._zap(run, f"warmup-{h.name}-{phase}", h.name, h.area, 1.0)
+                    for h in first_per_area.values()
+                ]
+                self._wait_viewers(run, warmups, 1.0, f"warm-up ({phase})")
+                run.sleep(settle)
+            viewers = [
+                self._zap(run, f"csc-{h.name}-{phase}", h.name, h.area, dwell)
+                for h in run.topology.with_role("csc")
+            ]
+            run.sleep(min(1.0, dwell / 2))
+            # Every daemon binds its host's lab address, never another (issue 9).
+            run.values.setdefault("bound_elsewhere", {}).update(run.bound_elsewhere())
+            self._wait_viewers(run, viewers, dwell, f"zapping ({phase})")
+            for cacher in cachers:  # the next phase starts with fresh cachers
+                cacher.stop()
+
+    def _zap(self, run: LabRun, name: str, host: str, area: str, dwell: float) -> Daemon:
+        args = ["csc", "--portal", run.values["portal"], "--area", area]
+        args += ["--listen", f"{run.address(host)}:0", "--json", "zap", *run.values["channels"]]
+        return run.start(name, host, [*args, "--dwell", str(dwell)], required=False)
+
+    def _wait_viewers(self, run: LabRun, viewers: list[Daemon], dwell: float, what: str) -> None:
+        timeout = 30.0 + dwell * len(run.values["channels"]) * 3
+        statuses = run.wait_for(viewers, timeout=timeout, what=what)
+        failed = [name for name, status in statuses.items() if status != 0]
+        if failed:
+            raise RuntimeError(f"CSC(s) failed: {', '.join(failed)}")
+
+    def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
+        phases: dict[str, list[dict[str, Any]]] = {}
+        for phase, _ in self.phases():
+            reports = []
+            for host in run.topology.with_role("csc"):
+                # One CSC per host and phase (csc-HOST-PHASE), or several (csc-HOST-PHASE-N).
+                pattern = re.compile(rf"^csc-{re.escape(host.name)}-{re.escape(phase)}(-\d+)?$")
+                for name in sorted(n for n in outputs if pattern.match(n)):
+                    for line in reversed(outputs[name]):
+                        record = _json_line(line)
+                        if record is not None and "channels" in record:
+                            record["host"], record["area"] = host.name, host.area
+                            reports.append(record)
+                            break
+            phases[phase] = reports
+        data = metrics.aggregate_csc(self.name, run.topology.name, phases)
+        data["targets"] = metrics.push_targets(data, cacher_rtt(run.topology))
+        data["bound_elsewhere"] = run.values.get("bound_elsewhere", {})
+        data["netem"] = run.values.get("netem")
+        return data
+
+
+def cacher_rtt(topology: Topology) -> dict[str, float]:
+    """Per CSC host with a cacher in its area: the RTT to that cacher and the time to send one
+    1 KiB chunk (with its headers) at the path's rate, the issue's "first-chunk time"."""
+    out: dict[str, float] = {}
+    for csc in topology.with_role("csc"):
+        cachers = [h for h in topology.with_role("cacher") if h.area == csc.area]
+        if not cachers:
+            continue
+        there = topology.path(csc.name, cachers[0].name)
+        back = topology.path(cachers[0].name, csc.name)
+        chunk = (1024 + 64) * 8 / there.rate if there.rate else 0.0
+        out[csc.name] = there.delay + back.delay + chunk
+    return out
+
+
+def wait_portal(run: LabRun, host: str, names: list[str], timeout: float) -> None:
+    """Poll the portal's channel list from ``host`` until it lists every one of ``names``."""
+    from lab import netns
+
+    code = (
+        "import json,sys,urllib.request\n"
+        f"d=json.load(urllib.request.urlopen({run.values['portal']!r}.rstrip('/')"
+        "+'/api/v1/channels',timeout=5))\n"
+        "items=d.get('channels',d) if isinstance(d,dict) else d\n"
+        "print(' '.join(str(c.get('name')) for c in items))\n"
+    )
+    deadline = time.monotonic() + timeout
+    while True:  # bounded by the deadline
+        run.check()
+        result = netns.run(
+            run.net.exec_argv(host, [sys.executable, "-c", code]), timeout=15.0, check=False
+        )
+        listed = set(result.stdout.split())
+        if set(names) <= listed:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"the portal lists {sorted(listed)}, not {names}")
+        run.sleep(0.5)
+
+
+def _rebind(toml: Path, address: str, port: int, bootstrap: tuple[str, int]) -> None:
+    """Point a daemon TOML written for 127.0.0.1 at its lab address and bootstrap node."""
+    lines = []
+    for line in toml.read_text().splitlines():
+        if line.startswith("listen ="):
+            line = f'listen = "{address}:{port}"'
+        elif line.startswith("bootstrap ="):
+            line = f'bootstrap = ["{bootstrap[0]}:{bootstrap[1]}"]'
+        lines.append(line)
+    toml.write_text("\n".join(lines) + "\n")
+
+
+# -- declared, not written yet --------------------------------------------------------------------
+
+
+class _Declared(Scenario):
+    implemented = False
+
+
+class FlashCrowd(FastChannelChange):
+    """Viewers arriving on one channel within a short window (LiveSky's largest event, scaled
+    down): ``viewers_per_host`` CSC processes per CSC host, arrivals spread evenly over
+    ``window`` seconds, each watching for ``watch`` seconds."""
+
+    name = "flash-crowd"
+    description = "viewers arriving on one channel within a short window; startup, Q1, Q2"
+
+    def phases(self) -> list[tuple[str, int]]:
+        return [("crowd", self.option("push_head", 64))]
+
+    def run(self, run: LabRun) -> None:
+        per_host = self.option("viewers_per_host", 3)
+        window = self.option("window", 10.0)
+        watch = self.option("watch", 5.0)
+        phase, push_head = self.phases()[0]
+        self._start_cachers(run, phase, push_head)
+        run.sleep(self.option("settle", 2.0))
+        hosts = run.topology.with_role("csc")
+        arrivals = [(i, h) for i in range(per_host) for h in hosts]
+        channel = run.values["channels"][0]
+        started = time.monotonic()
+        viewers = []
+        for k, (i, host) in enumerate(arrivals):
+            at = started + window * k / max(1, len(arrivals))
+            run.sleep(max(0.0, at - time.monotonic()))
+            args = ["csc", "--portal", run.values["portal"], "--area", host.area]
+            args += ["--listen", f"{run.address(host.name)}:0", "--json"]
+            args += ["watch", channel, "--seconds", str(watch)]
+            viewers.append(
+                run.start(f"csc-{host.name}-{phase}-{i}", host.name, args, required=False)
+            )
+        run.values["bound_elsewhere"] = run.bound_elsewhere()
+        run.values["arrivals"] = {"viewers": len(arrivals), "window": window}
+        self._wait_viewers(run, viewers, watch, f"watching ({phase})")
+
+    def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
+        data = super().collect(run, outputs)
+        data.pop("targets", None)
+        data["arrivals"] = run.values.get("arrivals")
+        return data
+
+
+class Churn(FastChannelChange):
+    """Viewers of a live channel leaving and joining at ``churn`` (share of the viewers per
+    minute, default 10 %) for ``minutes``: every leave is a CSC stopped by SIGTERM (it prints
+    its report), every join a new CSC on the same host. Q1 and Q2 over all sessions."""
+
+    name = "churn"
+    description = "10 %/minute of the viewers of a live channel leaving and joining; Q1 and Q2"
+
+    def phases(self) -> list[tuple[str, int]]:
+        return [("churn", self.option("push_head", 64))]
+
+    def setup(self, run: LabRun) -> None:
+        from reload.usages.config import add_daemon
+
+        super().setup(run)
+        source_host = run.topology.with_role("source")[0].name
+        port = OVERLAY_BASE_PORT + 80
+        first = run.values["overlay_bootstrap"]
+        toml = add_daemon(
+            run.config_dir / "overlay", "source-live", SOURCE_USER, port=port, bootstrap=[first]
+        )
+        _rebind(toml, run.address(source_host), port, first)
+        args = ["source", "live", "--name", "live", "--bitrate", str(self.option("bitrate", 400))]
+        args += ["--overlay", str(toml), "--tracker", run.values["tracker"]]
+        args += ["--portal", run.values["portal"], "--listen", f"{run.address(source_host)}:0"]
+        live = run.start(
+            "source-live",
+            source_host,
+            args,
+            env={"P2PCDN_PORTAL_TOKEN": run.values["portal_token"]},
+        )
+        live.wait_lines(2, timeout=120.0)
+        wait_portal(run, source_host, ["live"], timeout=60.0)
+
+    def run(self, run: LabRun) -> None:
+        per_host = self.option("viewers_per_host", 2)
+        minutes = self.option("minutes", 3.0)
+        churn = self.option("churn", 0.10)
+        phase, push_head = self.phases()[0]
+        self._start_cachers(run, phase, push_head)
+        run.sleep(self.option("settle", 2.0))
+        hosts = run.topology.with_role("csc")
+        population = per_host * len(hosts)
+        serial = 0
+        watching: list[Daemon] = []
+
+        def join(host: Any) -> None:
+            nonlocal serial
+            args = ["csc", "--portal", run.values["portal"], "--area", host.area]
+            args += ["--listen", f"{run.address(host.name)}:0", "--json"]
+            args += ["watch", "live", "--seconds", str(minutes * 60 + 120)]
+            name = f"csc-{host.name}-{phase}-{serial}"
+            serial += 1
+            watching.append(run.start(name, host.name, args, required=False))
+
+        for i in range(population):
+            join(hosts[i % len(hosts)])
+            run.sleep(0.2)
+        interval = 60.0 / (churn * population) if churn > 0 else minutes * 60
+        end = time.monotonic() + minutes * 60
+        events = 0
+        while time.monotonic() + interval <= end:  # bounded by ``end``
+            run.sleep(interval)
+            leaving = watching.pop(0)  # the longest-watching viewer leaves ...
+            leaving.stop()
+            join(run.topology.hosts[leaving.host])  # ... and a newcomer joins on its host
+            events += 1
+        run.sleep(max(0.0, end - time.monotonic()))
+        run.values["bound_elsewhere"] = run.bound_elsewhere()
+        for viewer in watching:
+            viewer.stop()
+        run.values["churn"] = {
+            "population": population,
+            "per_minute": churn,
+            "minutes": minutes,
+            "leave_join_events": events,
+            "sessions": serial,
+        }
+
+    def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
+        data = super().collect(run, outputs)
+        data.pop("targets", None)
+        data["churn"] = run.values.get("churn")
+        return data
+
+
+class CacherRestart(FastChannelChange):
+    """The first area's cacher is killed (SIGKILL) while its CSCs zap, and restarted with the
+    same configuration and on-disk cache: the viewers keep playing (switching to peers or the
+    source, DESIGN F5) and the restarted cacher's batch report restores the tracker's view."""
+
+    name = "cacher-restart"
+    description = "a cacher killed (SIGKILL) mid-zap and restarted; Q1, Q2 and its batch report"
+
+    def phases(self) -> list[tuple[str, int]]:
+        return [("restart", self.option("push_head", 64))]
+
+    def run(self, run: LabRun) -> None:
+        dwell = self.option("dwell", 3.0)
+        settle = self.option("settle", 2.0)
+        down = self.option("down_seconds", 1.0)
+        phase, push_head = self.phases()[0]
+        cachers = self._start_cachers(run, phase, push_head)
+        run.sleep(settle)
+        first_per_area = {h.area: h for h in run.topology.with_role("csc")}
+        warmups = [
+            self._zap(run, f"warmup-{h.name}-{phase}", h.name, h.area, 1.0)
+            for h in first_per_area.values()
+        ]
+        self._wait_viewers(run, warmups, 1.0, f"warm-up ({phase})")
+        run.sleep(settle)
+        viewers = [
+            self._zap(run, f"csc-{h.name}-{phase}", h.name, h.area, dwell)
+            for h in run.topology.with_role("csc")
+        ]
+        run.sleep(dwell * 1.5)  # in the middle of the second channel
+        victim = cachers[0]
+        victim.kill()
+        run.values["killed"] = victim.name
+        run.sleep(down)
+        restarted = run.respawn(victim, f"{victim.name}-restarted")
+        started = time.monotonic()
+        restarted.wait_lines(1, timeout=60.0)
+        run.values["restart_seconds"] = time.monotonic() - started
+        self._wait_viewers(run, viewers, dwell, f"zapping ({phase})")
+        deadline = time.monotonic() + 15.0
+        while _batch_report_swarms(restarted.err_path) is None:  # bounded by the deadline
+            if time.monotonic() >= deadline:
+                break
+            run.sleep(0.2)
+        run.values["restored_swarms"] = _batch_report_swarms(restarted.err_path)
+        for cacher in (*cachers[1:], restarted):
+            cacher.stop()
+
+    def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
+        data = super().collect(run, outputs)
+        data.pop("targets", None)
+        for key in ("killed", "restart_seconds", "restored_swarms"):
+            data[key] = run.values.get(key)
+        return data
+
+
+def _batch_report_swarms(stderr: Path) -> int | None:
+    """Swarms in the first batch availability report a cacher logged (its stderr), or None."""
+    try:
+        text = stderr.read_text(errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"batch availability report.*?: (\d+) swarm\(s\)", text)
+    return int(match.group(1)) if match else None
+
+
+class NodeKill(_Declared):
+    name = "node-kill"
+    description = "a tracker node and a storage node killed"
+
+
+class AreaLocality(_Declared):
+    name = "area-locality"
+    description = "share of bytes that stay inside the viewer's area"
+
+
+SCENARIOS: Final[dict[str, type[Scenario]]] = {
+    cls.name: cls
+    for cls in (
+        Connectivity,
+        FastChannelChange,
+        FlashCrowd,
+        Churn,
+        CacherRestart,
+        NodeKill,
+        AreaLocality,
+    )
+}
+
+
+def get(name: str, options: Mapping[str, Any] | None = None) -> Scenario:
+    """The scenario called ``name``; :class:`KeyError` listing the known ones."""
+    try:
+        cls = SCENARIOS[name]
+    except KeyError:
+        raise KeyError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})") from None
+    return cls(options)
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# -- the echo probes (run inside the namespaces) --------------------------------------------------
+
+
+def echo_server(address: str, port: int, seconds: float) -> int:
+    """Answer every UDP datagram with itself for ``seconds``, the answers sent through the link
+    emulator like the daemons' (so an echo's RTT is the topology's); prints ``ready``."""
+    return asyncio.run(_echo_server(address, port, seconds))
+
+
+async def _echo_server(address: str, port: int, seconds: float) -> int:
+    from ppsp.linkemu import wrap_datagram
+
+    loop = asyncio.get_running_loop()
+    holder: list[Any] = []
+
+    class Protocol(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+            holder[0].sendto(data, addr)
+
+    raw, _ = await loop.create_datagram_endpoint(Protocol, local_addr=(address, port))
+    holder.append(wrap_datagram(raw))
+    print("ready", flush=True)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        raw.close()
+    return 0
+
+
+async def echo_probe(
+    targets: list[str], port: int, count: int, timeout: float = 2.0
+) -> list[dict[str, Any]]:
+    """Send ``count`` datagrams to each target's echo server through the link emulator
+    (ppsp/linkemu.py, as the daemons do) and time the answers; one record per target."""
+    from ppsp.linkemu import wrap_datagram
+
+    loop = asyncio.get_running_loop()
+    answers: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
+
+    class Protocol(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+            answers.put_nowait((data, loop.time()))
+
+    raw, _ = await loop.create_datagram_endpoint(Protocol, family=socket.AF_INET)
+    transport = wrap_datagram(raw)
+    records = []
+    try:
+        for target in targets:
+            rtts: list[float] = []
+            for i in range(count):
+                token = f"{target} {i} {secrets.token_hex(4)}".encode()
+                sent = loop.time()
+                transport.sendto(token, (target, port))
+                deadline = sent + timeout
+                while True:  # bounded by the deadline
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        data, at = await asyncio.wait_for(answers.get(), left)
+                    except TimeoutError:
+                        break
+                    if data == token:
+                        rtts.append(at - sent)
+                        break
+            records.append(
+                {
+                    "target": target,
+                    "sent": count,
+                    "received": len(rtts),
+                    "rtt_min": min(rtts) if rtts else None,
+                    "rtt_median": statistics.median(rtts) if rtts else None,
+                }
+            )
+    finally:
+        raw.close()
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab.scenarios")
+    actions = parser.add_subparsers(dest="action", required=True)
+    server = actions.add_parser("echo-server")
+    server.add_argument("address")
+    server.add_argument("port", type=int)
+    server.add_argument("--seconds", type=float, default=60.0)
+    client = actions.add_parser("echo-client")
+    client.add_argument("targets", nargs="+")
+    client.add_argument("--port", type=int, default=ECHO_PORT)
+    client.add_argument("--count", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.action == "echo-server":
+        return echo_server(args.address, args.port, args.seconds)
+    records = asyncio.run(echo_probe(args.targets, args.port, args.count))
+    for record in records:
+        print(json.dumps(record), flush=True)
+    return 0 if all(r["received"] for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

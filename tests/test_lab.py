@@ -1,0 +1,579 @@
+"""The namespace lab (lab/): topology validation, link emulation rules, namespaces with tbf,
+teardown after success, failure, a dead daemon and SIGTERM, cleanup of leftovers, and the CI
+topology's fast-channel-change scenario end to end.
+
+Namespace tests need root and iproute2 (CI runs as root); they are skipped, with the reason,
+only when either is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import lab_cli, metrics, netns, scenarios
+from lab.runner import LabRun
+from lab.topology import Topology, TopologyError, load, parse, shipped
+from ppsp import linkemu
+
+REPO = Path(__file__).resolve().parent.parent
+HAVE_LAB = os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
+needs_namespaces = pytest.mark.skipif(
+    not HAVE_LAB, reason="needs root and iproute2 (ip, tc) for network namespaces"
+)
+
+
+def minimal(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": "t",
+        "bridge": [{"name": "core"}, {"name": "edge"}],
+        "link": [{"a": "core", "b": "edge", "delay": "10ms", "rate": "20mbit"}],
+        "host": [
+            {"name": "h1", "bridge": "core", "roles": ["tracker"]},
+            {"name": "h2", "bridge": "edge", "delay": "5ms", "rate": "4mbit"},
+            {"name": "h3", "bridge": "edge"},
+        ],
+    }
+    doc.update(overrides)
+    return doc
+
+
+def assert_clean(prefix: str) -> None:
+    """Nothing of the run is left: namespace, link in this namespace, or process."""
+    assert [n for n in netns.list_namespaces() if n.startswith(prefix)] == []
+    assert netns.root_links(prefix) == []
+    assert [p for p in netns.marked_pids(prefix) if netns._alive(p)] == []
+
+
+# -- topology -------------------------------------------------------------------------------------
+
+
+def test_topology_parse_and_paths() -> None:
+    topo = parse(minimal())
+    assert list(topo.hosts) == ["h1", "h2", "h3"]
+    addresses = [h.address for h in topo.hosts.values()]
+    assert len(set(addresses)) == 3
+    assert all(a in topo.subnet and a.is_private and str(a).startswith("10.") for a in addresses)
+    assert topo.with_role("tracker")[0].name == "h1"
+    assert topo.hosts["h2"].area == "edge"  # the bridge when no area is given
+    # One-way h2 → h1: h2's attachment 5 ms + the link 10 ms; rate the slowest on the way.
+    path = topo.path("h2", "h1")
+    assert path.delay == pytest.approx(0.015)
+    assert path.rate == 4e6
+    assert topo.path("h3", "h1").delay == pytest.approx(0.010)
+    assert topo.path("h2", "h3").delay == pytest.approx(0.005)
+    assert topo.path("h1", "h2") == topo.path("h2", "h1")
+
+
+def test_shipped_topologies_are_valid() -> None:
+    found = shipped()
+    assert {"ci6", "areas"} <= set(found)
+    ci6 = load(found["ci6"])
+    assert len(ci6.hosts) == 6
+    assert len(ci6.with_role("cacher")) == 2 and len(ci6.areas()) == 3
+    areas = load(found["areas"])
+    for csc in areas.with_role("csc"):
+        cacher = next(h for h in areas.with_role("cacher") if h.area == csc.area)
+        core = areas.with_role("tracker")[0]
+        assert areas.path(csc.name, cacher.name).delay == pytest.approx(0.005)
+        assert areas.path(csc.name, core.name).delay == pytest.approx(0.040)
+    for name in ("ci6", "areas"):
+        topo = load(found[name])
+        scenarios.get(str(topo.settings["name"])).validate(topo)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"host": [{"name": "x", "bridge": "nowhere"}]}, "bridge 'nowhere' is not defined"),
+        ({"host": [{"name": "x", "bridge": "core", "roles": ["chef"]}]}, "unknown role(s) chef"),
+        ({"host": [{"name": "Bad_Name", "bridge": "core"}]}, "name 'Bad_Name' must be"),
+        ({"host": [{"name": "x", "bridge": "core", "delay": "fast"}]}, "is not a duration"),
+        ({"host": [{"name": "x", "bridge": "core", "loss": "120%"}]}, "out of range 0-100"),
+        ({"host": [{"name": "x", "bridge": "core", "rate": "lots"}]}, "is not a rate"),
+        ({"host": [{"name": "x", "bridge": "core", "colour": 1}]}, "unknown key(s) 'colour'"),
+        (
+            {"host": [{"name": "x", "bridge": "core", "delay": "1ms", "jitter": "2ms"}]},
+            "jitter must not exceed the delay",
+        ),
+        (
+            {"host": [{"name": "x", "bridge": "core"}, {"name": "x", "bridge": "core"}]},
+            "duplicate host name",
+        ),
+        ({"host": []}, "no host"),
+        ({"subnet": "192.168.0.0/16"}, "must be inside 10.0.0.0/8"),
+        ({"link": []}, "bridges are not all connected"),
+        (
+            {
+                "bridge": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
+                "link": [{"a": "a", "b": "b"}, {"a": "b", "b": "c"}, {"a": "c", "b": "a"}],
+                "host": [{"name": "x", "bridge": "a"}],
+            },
+            "makes a loop",
+        ),
+        ({"link": [{"a": "core", "b": "core"}]}, "to itself"),
+    ],
+)
+def test_topology_errors_are_clear(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse(minimal(**change), "bad.toml")
+    assert str(info.value).startswith("bad.toml: ")
+    assert message in str(info.value)
+
+
+def test_load_reports_bad_toml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("name = \n")
+    with pytest.raises(TopologyError, match="not valid TOML"):
+        load(path)
+    with pytest.raises(TopologyError, match="No such file"):
+        load(tmp_path / "missing.toml")
+
+
+# -- link emulation rules -------------------------------------------------------------------------
+
+
+def test_emulation_rules_match_the_topology() -> None:
+    topo = parse(
+        minimal(
+            host=[
+                {"name": "h1", "bridge": "core"},
+                {"name": "h2", "bridge": "edge", "delay": "5ms", "jitter": "1ms", "loss": "1%"},
+                {"name": "h3", "bridge": "edge"},
+                {"name": "h4", "bridge": "core"},
+            ]
+        )
+    )
+    rules = linkemu.parse_rules("; ".join(netns.emulation_rules(topo, "h2")))
+    by_host = {str(r.network.network_address): r for r in rules}
+    assert set(by_host) == {str(topo.hosts[h].address) for h in ("h1", "h3", "h4")}
+    for name in ("h1", "h3", "h4"):
+        rule, path = by_host[str(topo.hosts[name].address)], topo.path("h2", name)
+        assert rule.network.prefixlen == 32
+        assert rule.delay == pytest.approx(path.delay)
+        assert rule.jitter == pytest.approx(0.001)
+        assert rule.loss == pytest.approx(0.01)
+        assert rule.rate == 0  # rate is tbf's, in the kernel
+    # h1 and h4 share a bridge with no impairment: no rule between them.
+    h1_rules = linkemu.parse_rules("; ".join(netns.emulation_rules(topo, "h1")))
+    assert str(topo.hosts["h4"].address) not in {str(r.network.network_address) for r in h1_rules}
+    # The environment carries them only when netem is missing.
+    registry = netns.Registry("p2cdn0000")
+    assert "P2PCDN_LINK_EMULATION" in netns.Network(topo, registry).environment("h2")
+    no_tbf = netns.Network(topo, registry, tbf=False).environment("h2")["P2PCDN_LINK_EMULATION"]
+    rates = {str(r.network.network_address): r.rate for r in linkemu.parse_rules(no_tbf)}
+    assert rates[str(topo.hosts["h1"].address)] == 20e6  # the link's rate, across it
+    assert rates[str(topo.hosts["h3"].address)] == 0  # same bridge, no rate
+    with_netem = netns.Network(topo, registry, netem=True).environment("h2")
+    assert with_netem == {netns.RUN_VARIABLE: "p2cdn0000-h2"}
+
+
+# -- the command line without namespaces ---------------------------------------------------------
+
+
+def test_lab_refuses_without_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def not_root() -> netns.Capabilities:
+        return netns.Capabilities(root=False, ip="/usr/sbin/ip", tc=None)
+
+    monkeypatch.setattr(netns, "probe", not_root)
+    from lab.cli import main
+
+    ci6 = str(shipped()["ci6"])
+    assert main(["lab", "run", ci6, "--scenario", "connectivity"]) == lab_cli.EXIT_UNAVAILABLE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: p2pcdn lab: must run as root (network namespaces need CAP_NET_ADMIN); "
+        "'tc' (iproute2) is not installed"
+    ]
+    assert main(["lab", "cleanup"]) == lab_cli.EXIT_UNAVAILABLE
+    assert main(["lab", "check"]) == lab_cli.EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert "root:   no" in out and "tc:     missing" in out
+
+
+def test_lab_run_rejects_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from lab.cli import main
+
+    ci6 = str(shipped()["ci6"])
+    assert main(["lab", "run", ci6, "--scenario", "nope"]) == lab_cli.EXIT_USAGE
+    assert "unknown scenario 'nope'" in capsys.readouterr().err
+    assert main(["lab", "run", ci6, "--scenario", "node-kill"]) == lab_cli.EXIT_USAGE
+    assert "not written yet" in capsys.readouterr().err
+    bad = tmp_path / "t.toml"
+    bad.write_text('name = "t"\n[[bridge]]\nname = "b"\n[[host]]\nname = "h"\nbridge = "b"\n')
+    assert main(["lab", "run", str(bad), "--scenario", "fast-channel-change"]) == 2
+    assert "needs a host with role(s) cacher, csc, portal" in capsys.readouterr().err
+
+
+def test_metrics_aggregate_and_report(tmp_path: Path) -> None:
+    def report(delays: list[float | None], stalls: int, area: str) -> dict[str, Any]:
+        return {
+            "area": area,
+            "channels": [{"startup_delay": d, "stalls": stalls} for d in delays],
+            "play_time": 9.0,
+            "stall_time": 1.0 if stalls else 0.0,
+            "bytes": {"cacher": 800, "peer": 100, "overlay": 0, "source": 100},
+        }
+
+    data = metrics.aggregate_csc(
+        "fast-channel-change",
+        "t",
+        {
+            "push": [report([0.01, 0.02], 0, "a"), report([0.03, None], 1, "b")],
+            "no-push": [report([0.2, 0.3], 0, "a")],
+        },
+    )
+    push = data["phases"]["push"]
+    assert push["startup_delays"] == [0.01, 0.02, 0.03]
+    assert push["no_first_frame"] == 1 and push["channel_changes"] == 4
+    assert push["q1"] == pytest.approx(18 / 19)
+    assert push["q2"] == pytest.approx(0.5)
+    assert push["bytes_share"]["cacher"] == pytest.approx(0.8)
+    assert push["startup_delay_cdf"][-1] == (0.03, 1.0)
+    assert data["push_speedup_p95"] == pytest.approx(0.295 / 0.029)
+    assert metrics.sanity_problems(data) == []
+    data["targets"] = metrics.push_targets(data, {"csc-a": 0.010, "csc-b": 0.030, "c": 0.02})
+    assert data["targets"]["push_p95"]["bound"] == pytest.approx(0.030)
+    assert data["targets"]["push_p95"]["met"] is True  # p95 0.029 s
+    assert data["targets"]["push_speedup_p95"]["met"] is True
+    paths = metrics.write_outputs(tmp_path, data)
+    names = {p.name for p in paths}
+    assert {"report.md", "results.json", "startup_delay_cdf.png", "bytes_by_origin.png"} <= names
+    assert (tmp_path / "startup_delay_cdf.png").read_bytes()[:4] == b"\x89PNG"
+    text = (tmp_path / "report.md").read_text()
+    assert "| push | 2 | 4 | 1 |" in text and "10.2× faster" in text
+    assert "= 30.0 ms: met" in text
+    broken = metrics.aggregate_csc("x", "t", {"push": []})
+    assert metrics.sanity_problems(broken) == ["push: no CSC report"]
+
+
+# -- namespaces ------------------------------------------------------------------------------------
+
+
+def in_ns(network: netns.Network, host: str, code: str, timeout: float = 20.0) -> str:
+    argv = network.exec_argv(host, [sys.executable, "-c", code])
+    return netns.run(argv, timeout=timeout).stdout
+
+
+@needs_namespaces
+def test_three_hosts_tbf_link_echo_and_clean_teardown(tmp_path: Path) -> None:
+    topo = parse(minimal())
+    registry = netns.Registry(netns.new_prefix(), tmp_path / "registry.json")
+    network = netns.Network(topo, registry)
+    try:
+        network.build()
+        assert {network.namespace(h) for h in topo.hosts} <= set(netns.list_namespaces())
+        assert "tbf" in network.qdiscs("h2") and "rate 4Mbit" in network.qdiscs("h2")
+        assert "tbf" not in network.qdiscs("h3")
+        # UDP echo h1 → h3 across the bridge link.
+        server = subprocess.Popen(
+            network.exec_argv(
+                "h3",
+                [
+                    sys.executable,
+                    "-m",
+                    "lab.scenarios",
+                    "echo-server",
+                    network.address("h3"),
+                    "9901",
+                    "--seconds",
+                    "20",
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO), **network.environment("h3")),
+        )
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            out = netns.run(
+                network.exec_argv(
+                    "h1",
+                    [
+                        sys.executable,
+                        "-m",
+                        "lab.scenarios",
+                        "echo-client",
+                        "--port",
+                        "9901",
+                        "--count",
+                        "3",
+                        network.address("h3"),
+                    ],
+                ),
+                timeout=30,
+            ).stdout
+            assert '"received": 3' in out
+        finally:
+            server.kill()
+            server.wait(timeout=10)
+        # tbf limits h2's link to 4 Mbit/s: 300 kB take ≥ 0.5 s (they take ms unlimited).
+        receiver = subprocess.Popen(
+            network.exec_argv(
+                "h2",
+                [
+                    sys.executable,
+                    "-c",
+                    "import socket,time\n"
+                    f"s=socket.create_server(({network.address('h2')!r},9902));print('up',flush=True)\n"
+                    "c,_=s.accept();n=0;t=time.monotonic()\n"
+                    "while (b:=c.recv(65536)):n+=len(b)\n"
+                    "print(n,time.monotonic()-t,flush=True)\n",
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert receiver.stdout is not None and receiver.stdout.readline().strip() == "up"
+            in_ns(
+                network,
+                "h1",
+                "import socket\n"
+                f"c=socket.create_connection(({network.address('h2')!r},9902),timeout=10)\n"
+                "c.sendall(bytes(300000));c.close()\n",
+            )
+            received, seconds = receiver.stdout.readline().split()
+            assert int(received) == 300000
+            assert float(seconds) >= 0.45
+        finally:
+            receiver.kill()
+            receiver.wait(timeout=10)
+    finally:
+        problems = network.teardown()
+    assert problems == []
+    assert_clean(registry.prefix)
+    assert not (netns.STATE_DIR / f"{registry.prefix}.json").exists()
+
+
+@needs_namespaces
+def test_failure_mid_setup_tears_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    topo = parse(minimal())
+    registry = netns.Registry(netns.new_prefix(), tmp_path / "registry.json")
+    network = netns.Network(topo, registry)
+    original = netns.Network._add_host
+    calls = []
+
+    def flaky(self: netns.Network, host: Any) -> None:
+        calls.append(host.name)
+        if len(calls) == 2:
+            raise netns.CommandError("injected failure")
+        original(self, host)
+
+    monkeypatch.setattr(netns.Network, "_add_host", flaky)
+    with pytest.raises(netns.CommandError, match="injected"):
+        network.build()
+    assert network.namespace("h1") in netns.list_namespaces()  # it was half built
+    assert network.teardown() == []
+    assert_clean(registry.prefix)
+
+
+class _Failing(scenarios.Connectivity):
+    """Starts its echo servers, then fails in the middle of the run."""
+
+    def run(self, run: LabRun) -> None:
+        run.sleep(0.2)
+        run.values["sockets"] = run.sockets("h1")
+        run.values["bound_elsewhere"] = run.bound_elsewhere()
+        raise RuntimeError("injected mid-run failure")
+
+
+class _DyingDaemon(scenarios.Scenario):
+    name = "dying"
+
+    def setup(self, run: LabRun) -> None:
+        run.start_command("short", "h1", [sys.executable, "-c", "import time; time.sleep(0.3)"])
+
+    def run(self, run: LabRun) -> None:
+        run.sleep(20.0)  # interrupted by the daemon's death
+
+
+@needs_namespaces
+def test_failed_run_and_dead_daemon_leave_nothing(tmp_path: Path) -> None:
+    topo = parse(minimal())
+    run = LabRun(topo, _Failing({"echo_seconds": 60.0}), tmp_path / "fail")
+    result = run.execute()
+    assert result.status == "failed" and "injected mid-run failure" in (result.error or "")
+    assert result.teardown_problems == []
+    assert all(not d.running for d in run.daemons.values()) and len(run.daemons) == 3
+    # The echo servers bound their host's lab address and nothing else.
+    assert ("udp", f"{run.address('h1')}:{scenarios.ECHO_PORT}") in run.values["sockets"]
+    assert run.values["bound_elsewhere"] == {}
+    assert_clean(run.prefix)
+
+    started = time.monotonic()
+    run = LabRun(topo, _DyingDaemon(), tmp_path / "die")
+    result = run.execute()
+    assert time.monotonic() - started < 15
+    assert result.status == "failed"
+    assert result.error is not None and "short on h1 exited with status 0" in result.error
+    assert_clean(run.prefix)
+    assert '"status": "failed"' in (tmp_path / "die" / "run.json").read_text()
+
+
+@needs_namespaces
+def test_emulated_delay_shows_in_udp_echo(tmp_path: Path) -> None:
+    topo = parse(
+        {
+            "name": "delay",
+            "bridge": [{"name": "lan"}],
+            "host": [
+                {"name": "near", "bridge": "lan"},
+                {"name": "far", "bridge": "lan", "delay": "20ms"},
+            ],
+        }
+    )
+    run = LabRun(topo, scenarios.get("connectivity", {"probes": 4}), tmp_path)
+    result = run.execute()
+    assert result.ok, result.error
+    pairs = {(p["src"], p["dst"]): p for p in result.metrics["pairs"]}
+    for pair in pairs.values():
+        assert pair["received"] == 4
+        # 20 ms each way (both ends emulate, as the daemons do): RTT ≥ 40 ms, and not much more.
+        assert pair["expected_rtt"] == pytest.approx(0.040)
+        assert 0.040 <= pair["rtt_min"] < 0.080
+    assert (tmp_path / "report.md").exists() and (tmp_path / "rtt.png").exists()
+    assert_clean(run.prefix)
+
+
+@needs_namespaces
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_tears_down(tmp_path: Path, signum: signal.Signals) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lab.cli",
+            "lab",
+            "run",
+            str(shipped()["ci6"]),
+            "--scenario",
+            "connectivity",
+            "--set",
+            "probes=400",
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        prefix = ""
+        while time.monotonic() < deadline:  # bounded by the deadline
+            line = proc.stderr.readline()
+            if "with prefix" in line:
+                prefix = line.split("with prefix ")[1].split()[0]
+            if "started probe-" in line or not line:
+                break
+        assert prefix, "the run did not start"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 128 + signum
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert_clean(prefix)
+    assert '"status": "interrupted"' in (out / "run.json").read_text()
+
+
+@needs_namespaces
+def test_cleanup_finds_leftovers() -> None:
+    # A run killed outright leaves its namespace and process: `lab cleanup` removes both.
+    leftover = f"{netns.new_prefix()}-host"
+    netns.run(["ip", "netns", "add", leftover])
+    sleeper = subprocess.Popen(
+        ["ip", "netns", "exec", leftover, "sleep", "60"],
+        env=dict(os.environ, **{netns.RUN_VARIABLE: leftover}),
+    )
+    try:
+        report = netns.cleanup(only=leftover)
+        assert leftover in report.namespaces and sleeper.pid in report.processes
+        assert sleeper.wait(timeout=10) != 0
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait(timeout=10)
+    assert_clean(leftover[:9])
+
+
+@needs_namespaces
+def test_cleanup_leaves_a_run_in_progress_alone() -> None:
+    prefix = netns.new_prefix()
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    registry = netns.Registry(prefix, owner=owner.pid)
+    try:
+        registry.add_namespace(f"{prefix}-busy")
+        netns.run(["ip", "netns", "add", f"{prefix}-busy"])
+        assert prefix in netns.active_runs()
+        report = netns.cleanup()
+        assert prefix in report.skipped and f"{prefix}-busy" in netns.list_namespaces()
+        assert f"left run {prefix} alone: it is still running" in report.lines()
+        report = netns.cleanup(force=True, only=prefix)
+        assert f"{prefix}-busy" in report.namespaces
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
+        netns.run(["ip", "netns", "del", f"{prefix}-busy"], check=False)
+        registry.remove()
+    assert_clean(prefix)
+
+
+def _cdn_daemons_exist() -> bool:
+    return all((REPO / p).exists() for p in ("cacher/daemon.py", "csc/client.py"))
+
+
+@needs_namespaces
+@pytest.mark.slow
+@pytest.mark.skipif(not _cdn_daemons_exist(), reason="the cacher and CSC daemons are not there yet")
+def test_ci6_fast_channel_change_end_to_end(tmp_path: Path) -> None:
+    topo: Topology = load(shipped()["ci6"])
+    scenario = scenarios.get("fast-channel-change", topo.settings)
+    started = time.monotonic()
+    run = LabRun(topo, scenario, tmp_path)
+    result = run.execute()
+    elapsed = time.monotonic() - started
+    assert result.ok, f"{result.error}; logs in {tmp_path / 'logs'}"
+    assert elapsed <= 180
+    data = result.metrics
+    assert set(data["phases"]) == {"push", "no-push"}
+    assert metrics.sanity_problems(data) == []
+    for phase in data["phases"].values():
+        assert phase["viewers"] == len(topo.with_role("csc"))
+        assert phase["channel_changes"] == phase["viewers"] * scenario.option("channels", 4)
+    for name in ("report.md", "results.json", "startup_delay_cdf.png", "bytes_by_origin.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert_clean(run.prefix)
+
+
+@needs_namespaces
+@pytest.mark.slow
+@pytest.mark.skipif(not _cdn_daemons_exist(), reason="the cacher and CSC daemons are not there yet")
+def test_ci6_cacher_restart(tmp_path: Path) -> None:
+    topo = load(shipped()["ci6"])
+    settings = {k: v for k, v in topo.settings.items() if k != "name"}
+    run = LabRun(topo, scenarios.get("cacher-restart", settings), tmp_path)
+    result = run.execute()
+    assert result.ok, f"{result.error}; logs in {tmp_path / 'logs'}"
+    data = result.metrics
+    assert data["killed"] == "cacher-cacher-a-restart"
+    assert run.daemons["cacher-cacher-a-restart"].returncode == -signal.SIGKILL
+    # The restarted cacher kept its on-disk cache and told the tracker in one batch report.
+    assert data["restored_swarms"] >= 1
+    assert metrics.sanity_problems(data) == []
+    assert "restored" in (tmp_path / "report.md").read_text()
+    assert_clean(run.prefix)
