@@ -198,3 +198,42 @@ def test_tracker_udp_and_tcp_exchanges_are_recorded(tmp_path: Path) -> None:
         lines = [line for line in result.stdout.splitlines() if "ppsptp" in line]
         assert len(lines) >= 8, result.stdout  # 4 UDP datagrams + 4 TCP messages
         assert all(line.split("\t")[-1] == "" for line in lines)
+
+
+def test_seed_and_get_commands_write_captures_that_dissect_cleanly(tmp_path: Path) -> None:
+    """`p2pcdn seed --pcap` and `p2pcdn get --pcap` as real processes; both captures are read
+    by `p2pcdn dissect --json` with per-channel context and nothing malformed."""
+    import json
+    import sys
+
+    from tests.test_cli import child, read_line
+
+    content = tmp_path / "content.bin"
+    content.write_bytes(random.Random(9).randbytes(64 * 1024 + 5))
+    seed_pcap, get_pcap = tmp_path / "seed.pcap", tmp_path / "get.pcap"
+    with child("seed", str(content), "--listen", "127.0.0.1:0", "--pcap", str(seed_pcap)) as seeder:
+        assert seeder.stdout is not None
+        swarm = read_line(seeder.stdout, 30)
+        address = read_line(seeder.stdout, 10)
+        got = subprocess.run(
+            [sys.executable, "-m", "lab.cli", "get", swarm, "--peer", address,
+             "-o", str(tmp_path / "out.bin"), "--pcap", str(get_pcap)],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        seeder.send_signal(2)
+        assert seeder.wait(timeout=15) == 0
+    assert (tmp_path / "out.bin").read_bytes() == content.read_bytes()
+    port = address.rsplit(":", 1)[1]
+    for pcap in (seed_pcap, get_pcap):
+        out = subprocess.run(
+            [sys.executable, "-m", "lab.cli", "dissect", "--json", "--port-map",
+             f"ppspp={port}", str(pcap)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        objects = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        summary = objects[-1]["summary"]
+        frames = objects[:-1]
+        assert summary["malformed"] == 0 and summary["packets"]["ppspp"] == len(frames) >= 6
+        assert all(frame["protocol"] == "ppspp" and frame["malformed"] is None for frame in frames)
