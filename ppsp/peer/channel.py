@@ -11,11 +11,11 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, cast
 
 from ppsp.peer import fastwire
-from ppsp.peer.content import PeerHashes
+from ppsp.peer.content import PeerHashes, SwarmContent
 from ppsp.peer.ledbat import Ledbat
 from ppsp.peer.membership import is_internal_address
 from ppsp.peer.messages import (
@@ -79,6 +79,24 @@ PEX_CONTROL_RESERVE = 160
 PUSH_INITIAL_WINDOW = 10
 
 
+#: Holding area for DATA that cannot be verified *yet* (RFC 7574 §5.3: the hashes that prove a
+#: chunk may travel in another datagram, and §3.1 lets DATA overtake the handshake reply that
+#: brings them on a jittery path). Such a chunk is kept, never stored or delivered, and checked
+#: again when hashes, a signed munro or the reply arrive. Bounds per channel and per endpoint
+#: (hostile input: DATA nobody can verify must not grow memory); the oldest goes first.
+HOLD_MAX_CHUNKS = 64
+HOLD_MAX_BYTES = 128 * 1024
+HOLD_MAX_ENDPOINT_BYTES = 2 * 1024 * 1024
+#: A held chunk still unverifiable after this long is dropped: its hashes are not coming.
+HOLD_TIMEOUT = 1.0
+#: Fast repair of a lost pushed datagram (RFC 7574 §3.6 leaves retransmission to the
+#: implementation; the rule is RACK's, RFC 8985 §6.2): a pushed chunk still unacknowledged
+#: when one sent after it was ACKed is taken as lost once it has been in flight for the
+#: smoothed RTT plus a reordering window of this share of it, and resent at once instead of at
+#: the RTO (200 ms or more). The window keeps link jitter from resending chunks that are late.
+FAST_REPAIR_REORDER_SHARE = 0.5
+
+
 #: IPv6 + UDP headers: what a datagram must leave of the path MTU (RFC 8200, RFC 768).
 IP_UDP_OVERHEAD = 48
 #: Most DATA messages we put in one datagram (§8.6), however large the path MTU.
@@ -138,6 +156,30 @@ class Channel:
         self.push_started = False
         self.early_push = False
         self.chunks_pushed = 0
+        #: Seeder side of an early push (Endpoint.address_validated) to a peer that announced
+        #: Supported Messages (§7.10): every pushed datagram sent before the peer confirms the
+        #: channel repeats our HANDSHAKE reply and carries all the hashes its chunks need, so
+        #: that it verifies on its own whatever order the datagrams arrive in, and whichever
+        #: are lost (§3.1, §5.3). ``reply``: our reply (HANDSHAKE + HAVEs, wire form) that
+        #: leads each of them, after going alone first.
+        self.self_contained_ok = False
+        self.reply: list[Message] | None = None
+        #: Send order of the DATA in flight (fast repair) and the newest acknowledged.
+        self.send_seq = 0
+        self.in_flight_seq: dict[int, int] = {}
+        self.highest_acked_seq = 0
+        self.repairable: set[int] = set()
+        #: When the next pushed chunk may be declared lost (fast repair), or 0; and how many
+        #: repaired chunks may go beyond the LEDBAT window (as RFC 5681 §3.2 step 2 resends
+        #: the lost segment before the window allows new data).
+        self.repair_at = 0.0
+        self.repair_credit = 0
+        #: Viewer side: chunks that arrived before the hashes that prove them (see
+        #: HOLD_MAX_CHUNKS): chunk -> (bytes, arrival time, one-way delay sample in µs).
+        self.held: OrderedDict[int, tuple[bytes, float, int]] = OrderedDict()
+        self.held_bytes = 0
+        #: A chunk verified in the datagram being processed (its path may prove held ones).
+        self.chunks_verified_now = False
 
         # Upload side: DATA in flight, keyed by chunk, with the send time (retransmission, §3.6).
         self.in_flight: dict[int, float] = {}
@@ -198,6 +240,7 @@ class Channel:
             )
         self.state = ChannelState.CLOSED
         self.close_reason = reason
+        self._drop_held(len(self.held))
         self._return_outstanding()
         self.endpoint.channel_closed(self, reason)
 
@@ -222,6 +265,9 @@ class Channel:
         content = self.swarm.content
         if self.byte_ranges:
             messages = self.swarm.from_byte_ranges(messages)
+        # Whether this datagram brought what may prove held chunks (hashes, a signed munro,
+        # the handshake reply): they are checked again at its end.
+        hashes_came = False
         for msg in messages:
             t = type(msg)
             if t is not Integrity and integrity:
@@ -229,6 +275,7 @@ class Channel:
                     self.close("unusable INTEGRITY hashes")
                     return
                 integrity = []
+                hashes_came = True
             if t is Data:
                 assert isinstance(msg, Data)
                 if not self._on_data(msg, now):
@@ -253,6 +300,7 @@ class Channel:
                 if not content.accept_signed_integrity(msg):
                     self.close("SIGNED_INTEGRITY failed verification")
                     return
+                hashes_came = True
             elif t is Handshake:
                 assert isinstance(msg, Handshake)
                 if msg.is_close:
@@ -261,7 +309,9 @@ class Channel:
                         "peer refused the handshake" if refused else "peer closed the channel"
                     )
                     return
-                self._on_handshake_reply(msg, now)
+                hashes_came |= self._on_handshake_reply(msg, now)
+                if self.state is ChannelState.CLOSED:
+                    return
             elif t is Choke:
                 self.peer_choked_us = True
                 self._return_outstanding()
@@ -278,8 +328,14 @@ class Channel:
                 # §12.2.1: a certificate names a peer only once the swarm's membership
                 # policy (if any) has verified it; without one it proves nothing.
                 self.swarm.take_certificate(msg.certificate, self.addr, now)
-        if integrity and not content.accept_integrity(integrity):
-            self.close("unusable INTEGRITY hashes")
+        if integrity:
+            if not content.accept_integrity(integrity):
+                self.close("unusable INTEGRITY hashes")
+                return
+            hashes_came = True
+        if self.held and (hashes_came or self.chunks_verified_now):
+            self._retry_held(now)
+        self.chunks_verified_now = False
 
     def peer_handshake(self, options: HandshakeOptions) -> None:
         """Take note of what the peer's HANDSHAKE says about it (§7)."""
@@ -288,6 +344,13 @@ class Channel:
             per_chunk = self.chunk_size + self.ctx.chunk_addressing.spec_size + 9
             per_chunk += 2 * (1 + self.ctx.chunk_addressing.spec_size + self.ctx.hash_size)
             self.max_batch = max(1, min(MAX_DATA_PER_DATAGRAM, self.datagram_budget // per_chunk))
+        self.self_contained_ok = supported is not None and {
+            MessageType.HANDSHAKE,
+            MessageType.HAVE,
+            MessageType.INTEGRITY,
+            MessageType.DATA,
+            MessageType.ACK,
+        } <= set(supported)
 
     def start_push(self, ranges: list[tuple[int, int]]) -> None:
         """Send ``ranges`` unrequested, ahead of whatever the peer asks (RFC 7574 §3.7: a
@@ -312,18 +375,20 @@ class Channel:
             self.chunks_pushed += e - s + 1
         self._mark()
 
-    def _on_handshake_reply(self, msg: Handshake, now: float) -> None:
+    def _on_handshake_reply(self, msg: Handshake, now: float) -> bool:
+        """Take the peer's HANDSHAKE reply (§3.1 step 2); whether it was new."""
         if self.state is not ChannelState.HANDSHAKE_SENT:
-            return  # a retransmitted reply; the handshake is idempotent (§8.2)
+            return False  # a retransmitted or repeated reply; it is idempotent (§8.2)
         problem = self.swarm.check_options(msg.options, initiator=False)
         if problem:
             self.close(f"peer's handshake: {problem}", notify_peer=False)
-            return
+            return False
         self.peer_handshake(msg.options)
         self.remote_id = msg.source_channel
         self.state = ChannelState.ESTABLISHED
         self.endpoint.channel_established(self)
         self._mark()
+        return True
 
     def _on_data(self, msg: Data, now: float) -> bool:
         content = self.swarm.content
@@ -331,35 +396,121 @@ class Channel:
         size = self.chunk_size
         self.last_data_received = now
         self.stalled_until = 0.0
-        delay = self._ts_us(now) - msg.timestamp
+        delay = max(0, self._ts_us(now) - msg.timestamp)
         start = msg.start
         count = (len(payload) + size - 1) // size if payload else 0
-        if count == 0:
-            return True
-        requested = 0
-        outstanding = self.outstanding
         for i in range(count):
             chunk = start + i
             piece = payload[i * size : (i + 1) * size] if count > 1 else payload
             fresh = chunk not in content.have
-            if chunk in outstanding:
-                requested += 1  # a pushed chunk (§3.7) was never counted as outstanding
             ok = content.verify_and_store(chunk, piece)
             if ok is None:
-                return True  # hashes lost on the way: not ACKed, so it comes again (§5.3)
+                # §5.3: the hashes that prove it are in another datagram, not here yet (it
+                # overtook them, or they were lost). Hold it; it is not ACKed, so if they
+                # never come the sender resends it.
+                if fresh:
+                    self._hold(chunk, piece, delay, now)
+                continue
             if not ok:
                 self.endpoint.integrity_failure(self, chunk)
                 self.close(f"chunk {chunk} failed verification")
                 return False
-            if fresh:
-                self.bytes_received += len(piece)
-                self.swarm.chunk_verified(chunk, self)
-        end = start + count - 1
-        self.outstanding_count = max(0, self.outstanding_count - requested)
-        self.acks_due.append((start, end, max(0, delay)))
-        self.request_window = min(REQUEST_WINDOW_MAX, self.request_window + count)
-        self._mark()
+            self._chunk_arrived(chunk, len(piece), fresh, delay)
         return True
+
+    def _chunk_arrived(self, chunk: int, length: int, fresh: bool, delay: int) -> None:
+        """A chunk verified (now or out of the holding area): count it and ACK it (§3.6)."""
+        if chunk in self.outstanding:
+            # A pushed chunk (§3.7) was never counted as outstanding.
+            self.outstanding_count = max(0, self.outstanding_count - 1)
+        if fresh:
+            self.bytes_received += length
+            self.swarm.chunk_verified(chunk, self)
+            self.chunks_verified_now = True
+        self.acks_due.append((chunk, chunk, delay))
+        self.request_window = min(REQUEST_WINDOW_MAX, self.request_window + 1)
+        self._mark()
+
+    # -- holding area for chunks that cannot be verified yet (HOLD_MAX_CHUNKS)
+
+    def _hold(self, chunk: int, piece: bytes | memoryview, delay: int, now: float) -> None:
+        held = self.held
+        ep = self.endpoint
+        if chunk in held:
+            return  # a duplicate: the first copy waits already
+        length = len(piece)
+        if length > HOLD_MAX_BYTES:
+            ep.stats_held_dropped += 1
+            return
+        while held and (
+            len(held) >= HOLD_MAX_CHUNKS
+            or self.held_bytes + length > HOLD_MAX_BYTES
+            or ep.held_bytes + length > HOLD_MAX_ENDPOINT_BYTES
+        ):
+            self._drop_held(1)  # the oldest first
+        if ep.held_bytes + length > HOLD_MAX_ENDPOINT_BYTES:
+            ep.stats_held_dropped += 1  # other channels fill the endpoint's share
+            return
+        held[chunk] = (bytes(piece), now, delay)
+        self.held_bytes += length
+        ep.held_bytes += length
+        ep.stats_held += 1
+
+    def _drop_held(self, count: int) -> None:
+        """Forget the ``count`` oldest held chunks (never verified, never stored)."""
+        held = self.held
+        ep = self.endpoint
+        for _ in range(min(count, len(held))):
+            _chunk, (piece, _t, _d) = held.popitem(last=False)
+            self.held_bytes -= len(piece)
+            ep.held_bytes -= len(piece)
+            ep.stats_held_dropped += 1
+
+    def _expire_held(self, now: float) -> None:
+        held = self.held
+        n = 0
+        for _chunk, (_piece, t, _d) in held.items():
+            if now - t < HOLD_TIMEOUT:
+                break  # arrival order: the rest are younger
+            n += 1
+        self._drop_held(n)
+
+    def _retry_held(self, now: float) -> None:
+        """Check the held chunks again: hashes, a signed munro or the handshake reply arrived.
+
+        A chunk verified here is stored and ACKed like any other; one that fails is treated
+        like any failing DATA (§5.2: the hashes it is checked against are proven by the
+        root). Passes repeat while chunks verify, since one verified chunk's path can prove
+        the next (in-order push sends each chunk's uncles only once, §5.4); each pass but the
+        last verifies at least one chunk, so at most HOLD_MAX_CHUNKS + 1 passes.
+        """
+        self._expire_held(now)
+        content: SwarmContent = self.swarm.content
+        ep = self.endpoint
+        progress = True
+        while progress and self.held and self.state is not ChannelState.CLOSED:
+            progress = False
+            for chunk, (piece, _t, delay) in list(self.held.items()):
+                if chunk in content.have:
+                    self._unhold(chunk)  # it came again meanwhile and verified then
+                    ep.stats_held_dropped += 1
+                    continue
+                ok = content.verify_and_store(chunk, piece)
+                if ok is None:
+                    continue
+                self._unhold(chunk)
+                if not ok:
+                    ep.integrity_failure(self, chunk)
+                    self.close(f"chunk {chunk} failed verification")
+                    return
+                ep.stats_held_verified += 1
+                self._chunk_arrived(chunk, len(piece), True, delay)
+                progress = True
+
+    def _unhold(self, chunk: int) -> None:
+        piece, _t, _d = self.held.pop(chunk)
+        self.held_bytes -= len(piece)
+        self.endpoint.held_bytes -= len(piece)
 
     def _on_ack(self, msg: Ack, now: float) -> None:
         start, end = msg.start, msg.end
@@ -376,11 +527,15 @@ class Channel:
             candidates: list[int] | range = range(start, end + 1)
         else:
             candidates = [c for c in in_flight if start <= c <= end]
+        seqs = self.in_flight_seq
+        newest = self.highest_acked_seq
         for chunk in candidates:
             sent = in_flight.pop(chunk, None)
             if sent is not None:
                 acked += self.chunk_size
                 sample_time = sent
+                newest = max(newest, seqs.pop(chunk, 0))
+        self.highest_acked_seq = newest
         probe = self.multi_data_probe
         if probe is not None and start <= probe <= end and self.multi_data_ok is None:
             self.multi_data_ok = True  # the peer takes several DATA per datagram (§8.6)
@@ -390,7 +545,51 @@ class Channel:
                 self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
                 self.ledbat.on_rtt_sample(rtt, now)
             self.ledbat.on_ack(acked, msg.delay_sample, now)
+            if self.state is ChannelState.ESTABLISHED:
+                self._fast_repair(now)
         self._mark()
+
+    def _fast_repair(self, now: float) -> None:
+        """Resend at once the pushed chunks that FAST_REPAIR_REORDER_SHARE says are lost.
+
+        Only chunks of an unconfirmed early push are watched (``repairable``, at most
+        ``push_head``): they all go out at once, and the loss of one of their datagrams (say
+        the one with our reply) would otherwise be noticed only at the RTO. Other DATA keeps
+        LEDBAT's RTO (RFC 6817). A chunk overtaken but not yet late arms a timer
+        (``repair_at``) for the moment it will be.
+        """
+        repairable = self.repairable
+        self.repair_at = 0.0
+        if not repairable:
+            return
+        in_flight = self.in_flight
+        seqs = self.in_flight_seq
+        srtt = self.srtt
+        if srtt is None:
+            return  # no ACK yet: nothing overtook anything
+        late_after = srtt * (1.0 + FAST_REPAIR_REORDER_SHARE)
+        newest = self.highest_acked_seq
+        lost: list[int] = []
+        for chunk in list(repairable):
+            seq = seqs.get(chunk)
+            sent = in_flight.get(chunk)
+            if seq is None or sent is None:
+                repairable.discard(chunk)  # acknowledged
+            elif seq < newest:  # a chunk sent after it was acknowledged
+                due = sent + late_after
+                if now >= due:
+                    repairable.discard(chunk)
+                    del in_flight[chunk]
+                    del seqs[chunk]
+                    if chunk not in self.peer_have:
+                        lost.append(chunk)
+                else:
+                    self.repair_at = due if not self.repair_at else min(self.repair_at, due)
+        if lost:
+            self.endpoint.stats_fast_repairs += len(lost)
+            self.repair_credit = len(lost)
+            self._requeue_lost(lost, now, self.ledbat.rto())
+            self._mark()
 
     def _on_have(self, start: int, end: int) -> None:
         if end < start or len(self.peer_have) >= MAX_HAVE_INTERVALS:
@@ -499,10 +698,26 @@ class Channel:
             control.extend(self._requests(now))
         if control and self.swarm.wire_conversion:
             control = self.swarm.to_wire(control)
+        sending = bool(self.peer_requests) and (
+            self.state is ChannelState.ESTABLISHED or self.early_push
+        )
+        if control and sending and self._self_contained():
+            self._send_data(now, out, control)  # in the first pushed datagram
+            return
         if control:
             self._emit(fastwire.encode_datagram(self.remote_id, control, ctx), out, now)
-        if self.peer_requests and (self.state is ChannelState.ESTABLISHED or self.early_push):
+        if sending:
             self._send_data(now, out)
+
+    def _self_contained(self) -> bool:
+        """Whether pushed datagrams must each verify on their own (``self_contained_ok``):
+        an early push the peer has not confirmed yet (§3.1 step 3) to a peer of ours."""
+        return (
+            self.state is ChannelState.REPLIED
+            and self.self_contained_ok
+            and self.reply is not None
+            and not self.byte_ranges
+        )
 
     def _requests(self, now: float) -> list[Message]:
         if now < self.stalled_until:
@@ -533,27 +748,15 @@ class Channel:
             return 2
         return 1
 
-    def _send_data(self, now: float, out: list[tuple[bytes, Address]]) -> None:
-        content = self.swarm.content
-        ledbat = self.ledbat
-        size = self.chunk_size
-        in_flight = self.in_flight
-        order = self.in_flight_order
-        ts = self._ts_us(now)
+    def _next_chunk(self) -> int | None:
+        """Take the next chunk to send from the peer's queued REQUESTs (and pushes), skipping
+        what we lack, what the peer has (an implicit CANCEL) and what it CANCELled (§3.8);
+        None when the queue is empty."""
         requests = self.peer_requests
-        have = content.have
+        have = self.swarm.content.have
         peer_have = self.peer_have
         cancelled = self.cancelled if not self.cancelled.is_empty() else None
-        remote = self.remote_id
-        peer_hashes = self.peer_hashes
-        ctx = self.ctx
-        byte_ranges = ctx.chunk_addressing.is_byte_range
-        limit = 1 if byte_ranges else self._batch_limit()
-        batch: list[Message] = []
-        batch_chunks: list[int] = []
-        batch_bytes = 0
-        budget = self.datagram_budget
-        while requests and ledbat.can_send(len(in_flight) * size):
+        while requests:
             head = requests[0]
             chunk = head[0]
             if chunk not in have:
@@ -585,12 +788,91 @@ class Channel:
             else:
                 head[0] = chunk + 1
             self.queued_request_chunks -= 1
-            if chunk in in_flight:
+            if chunk in self.in_flight:
                 continue
-            integrity = content.integrity_for(chunk, peer_hashes)
+            return chunk
+        return None
+
+    def _send_data(
+        self, now: float, out: list[tuple[bytes, Address]], lead: list[Message] | None = None
+    ) -> None:
+        """DATA within the LEDBAT window. ``lead``: control messages to put in front of the
+        first datagram."""
+        content = self.swarm.content
+        ledbat = self.ledbat
+        size = self.chunk_size
+        in_flight = self.in_flight
+        ts = self._ts_us(now)
+        remote = self.remote_id
+        peer_hashes = self.peer_hashes
+        ctx = self.ctx
+        byte_ranges = ctx.chunk_addressing.is_byte_range
+        limit = 1 if byte_ranges else self._batch_limit()
+        batch: list[Message] = []
+        batch_chunks: list[int] = []
+        batch_bytes = 0
+        budget = self.datagram_budget
+        spec = ctx.chunk_addressing.spec_size
+        contained = self._self_contained()
+        reply = self.reply
+        #: Self-contained mode: the hashes the datagram under way carries already.
+        dgram_known: set[int] = set()
+        while ledbat.can_send(len(in_flight) * size) or self.repair_credit:
+            chunk = self._next_chunk()
+            if chunk is None:
+                break
+            if self.repair_credit:
+                self.repair_credit -= 1
             payload = content.read_chunk(chunk)
-            in_flight[chunk] = now
-            order.append((now, chunk))
+            if contained:
+                # Self-contained datagrams (see ``self_contained_ok``): each starts with our
+                # reply, HANDSHAKE and HAVEs (the HAVEs let the peer REQUEST the rest, §3.3),
+                # then for each chunk the peak hashes (§5.6) and uncles (§5.4) not in this
+                # datagram yet, INTEGRITY before DATA (§5.3): it verifies against the root
+                # hash alone, whatever the order of arrival, even if the others are lost.
+                assert reply is not None
+                for _attempt in range(2):
+                    fresh = not batch_chunks
+                    probe = PeerHashes(ChunkSet())
+                    probe.known = set() if fresh else set(dgram_known)
+                    integrity = content.integrity_for(chunk, probe)
+                    piece = _wire_size(integrity, ctx) + spec + 9 + len(payload)
+                    if fresh:
+                        # Every datagram starts with our reply; the first has the other
+                        # control messages (``lead``) too.
+                        head: list[Message] = [*reply, *(lead or [])]
+                        piece += len(fastwire.encode_datagram(0, head, ctx)) - 4
+                        if piece > budget:
+                            break  # too big for the path MTU (§8.1): hashes go incrementally
+                        batch = head
+                        lead = None
+                    elif len(batch_chunks) >= limit or batch_bytes + piece > budget:
+                        self._emit_batch(batch, batch_chunks, out, now)
+                        batch, batch_chunks, batch_bytes = [], [], 0
+                        continue
+                    batch.extend(integrity)
+                    batch.append(Data(chunk, chunk, ts, payload))
+                    batch_chunks.append(chunk)
+                    batch_bytes += piece
+                    dgram_known = probe.known
+                    peer_hashes.known.update(probe.known)
+                    self._sent(chunk, now)
+                    self.bytes_sent += len(payload)
+                    if len(payload) < size:  # §8.6: the short last chunk ends the datagram
+                        self._emit_batch(batch, batch_chunks, out, now)
+                        batch, batch_chunks, batch_bytes = [], [], 0
+                    break
+                if chunk in in_flight:
+                    continue
+                contained = False  # did not fit: this chunk and the rest go the usual way
+                if batch_chunks:
+                    self._emit_batch(batch, batch_chunks, out, now)
+                    batch, batch_chunks, batch_bytes = [], [], 0
+            if lead:
+                self._emit(fastwire.encode_datagram(remote, lead, ctx), out, now)
+                lead = None
+            integrity = content.integrity_for(chunk, peer_hashes)
+            self._sent(chunk, now)
             self.bytes_sent += len(payload)
             if limit == 1:
                 if byte_ranges:
@@ -606,7 +888,7 @@ class Channel:
                     dgram = fastwire.encode_integrity_data(remote, hashes, s, e, ts, payload, ctx)
                 self._emit(dgram, out, now)
                 continue
-            piece = _wire_size(integrity, ctx) + ctx.chunk_addressing.spec_size + 9 + len(payload)
+            piece = _wire_size(integrity, ctx) + spec + 9 + len(payload)
             if batch and (len(batch_chunks) >= limit or batch_bytes + piece > budget):
                 self._emit_batch(batch, batch_chunks, out, now)
                 batch, batch_chunks, batch_bytes = [], [], 0
@@ -617,8 +899,19 @@ class Channel:
             if len(payload) < size:  # §8.6: the short last chunk travels alone at the tail
                 self._emit_batch(batch, batch_chunks, out, now)
                 batch, batch_chunks, batch_bytes = [], [], 0
-        if batch:
+        if batch_chunks:
             self._emit_batch(batch, batch_chunks, out, now)
+        if lead:
+            self._emit(fastwire.encode_datagram(remote, lead, ctx), out, now)
+
+    def _sent(self, chunk: int, now: float) -> None:
+        """DATA for ``chunk`` goes out now: in flight, in send order (fast repair)."""
+        self.in_flight[chunk] = now
+        self.in_flight_order.append((now, chunk))
+        self.send_seq += 1
+        self.in_flight_seq[chunk] = self.send_seq
+        if self.state is ChannelState.REPLIED:
+            self.repairable.add(chunk)  # an unconfirmed early push: see _fast_repair
 
     def _emit_batch(
         self, msgs: list[Message], chunks: list[int], out: list[tuple[bytes, Address]], now: float
@@ -635,6 +928,15 @@ class Channel:
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float:
+        held = self.held
+        if held:
+            oldest = next(iter(held.values()))[1] + HOLD_TIMEOUT
+            if self.state is ChannelState.HANDSHAKE_SENT:
+                return min(self.next_handshake, oldest)
+            return min(oldest, self._next_deadline())
+        return self._next_deadline()
+
+    def _next_deadline(self) -> float:
         if self.state is ChannelState.HANDSHAKE_SENT:
             return self.next_handshake  # no keep-alives before there is a channel
         t = self.last_send + KEEPALIVE_INTERVAL
@@ -649,11 +951,15 @@ class Channel:
             t = min(t, self.last_data_received + REQUEST_STALL)
         if self.stalled_until:
             t = min(t, self.stalled_until)
+        if self.repair_at:
+            t = min(t, self.repair_at)
         return t
 
     def on_timer(self, now: float, out: list[tuple[bytes, Address]]) -> None:
         if self.state is ChannelState.CLOSED:
             return
+        if self.held:
+            self._expire_held(now)
         if (
             now - self.last_receive > DEAD_PEER_TIMEOUT
             and self.datagrams_since_receive >= DEAD_PEER_DATAGRAMS
@@ -669,6 +975,8 @@ class Channel:
                 self.next_handshake = now + HANDSHAKE_RETRY * (2 ** min(self.handshake_attempts, 6))
                 self._emit(self.swarm.initiating_handshake(self), out, now)
             return
+        if self.repair_at and now >= self.repair_at:
+            self._fast_repair(now)
         self._expire_in_flight(now)
         if self.stalled_until and now >= self.stalled_until:
             self.stalled_until = 0.0  # this peer may be asked again
@@ -689,6 +997,7 @@ class Channel:
             sent, chunk = order.popleft()
             if self.in_flight.get(chunk) == sent:
                 del self.in_flight[chunk]
+                self.in_flight_seq.pop(chunk, None)
                 if chunk not in self.peer_have:
                     lost.append(chunk)
         if lost and self.state is not ChannelState.ESTABLISHED:
@@ -699,26 +1008,31 @@ class Channel:
             if self.multi_data_ok is None and self.multi_data_probe in lost:
                 self.multi_data_ok = False  # the probe got lost: one DATA per datagram
                 log.info("%s takes one DATA per datagram", self.addr)
-            if now - self.last_loss_reaction > (self.srtt or rto):
-                self.ledbat.on_loss(now)
-                self.last_loss_reaction = now
-            # Hashes sent with lost DATA may be lost too: the retransmission resends what
-            # the peer's acknowledged chunks do not imply.
-            self.peer_hashes.known.clear()
-            lost.sort()
-            run_start = prev = lost[0]
-            front: list[list[int]] = []
-            for c in lost[1:]:
-                if c != prev + 1:
-                    front.append([run_start, prev])
-                    run_start = c
-                prev = c
-            front.append([run_start, prev])
-            self.peer_requests.extendleft(reversed(front))
-            self.queued_request_chunks += len(lost)
+            self._requeue_lost(lost, now, rto)
         # Keep the order deque from growing with entries already ACKed.
         while order and order[0][1] not in self.in_flight:
             order.popleft()
+
+    def _requeue_lost(self, lost: list[int], now: float, rto: float) -> None:
+        """Queue lost DATA again, ahead of the REQUESTs, and shrink LEDBAT's window once per
+        round trip (RFC 6817 §2.4.1)."""
+        if now - self.last_loss_reaction > (self.srtt or rto):
+            self.ledbat.on_loss(now)
+            self.last_loss_reaction = now
+        # Hashes sent with lost DATA may be lost too: the retransmission resends what
+        # the peer's acknowledged chunks do not imply.
+        self.peer_hashes.known.clear()
+        lost.sort()
+        run_start = prev = lost[0]
+        front: list[list[int]] = []
+        for c in lost[1:]:
+            if c != prev + 1:
+                front.append([run_start, prev])
+                run_start = c
+            prev = c
+        front.append([run_start, prev])
+        self.peer_requests.extendleft(reversed(front))
+        self.queued_request_chunks += len(lost)
 
     def _expire_requests(self, now: float) -> None:
         if not self.outstanding_count or self.last_data_received + REQUEST_STALL > now:

@@ -466,6 +466,15 @@ class Endpoint:
         self.events: list[Event] = []
         self.outbox: list[tuple[bytes, Address]] = []
         self.stats_dropped = 0
+        #: The holding area of chunks not verifiable yet (channel.HOLD_MAX_CHUNKS): bytes
+        #: held now over all channels (bounded by HOLD_MAX_ENDPOINT_BYTES), chunks ever held,
+        #: verified later, and dropped (evicted, expired, superseded or refused).
+        self.held_bytes = 0
+        self.stats_held = 0
+        self.stats_held_verified = 0
+        self.stats_held_dropped = 0
+        #: Pushed chunks resent early because later ones were acknowledged (fast repair).
+        self.stats_fast_repairs = 0
 
     # -- swarms and channels
 
@@ -642,9 +651,18 @@ class Endpoint:
         ch = Channel(self, swarm, self._allocate_id(), addr, initiator=False, now=now)
         ch.remote_id = hs.source_channel
         ch.peer_handshake(hs.options)
+        early = bool(swarm.effective_push_head) and self.address_validated(addr, now)
         self._register(ch)
         self.by_peer[(addr, hs.source_channel)] = ch
         self.outbox.append((self._reply(ch), addr))
+        if early and ch.self_contained_ok:
+            # Fast channel change on a jittery or lossy path: the reply also leads every
+            # pushed datagram, each with the hashes its chunks need (Channel.self_contained_ok),
+            # so that whichever arrives first establishes the channel (§3.1 step 2) and
+            # verifies against the root hash alone (§5.3, §5.6); losing the reply's own
+            # datagram costs nothing. Only to a peer that announced Supported Messages
+            # (§7.10): libswift does not, and takes a DATA to run to the end of the datagram.
+            ch.reply = self._reply_messages(ch)
         ch.last_send = now
         rest = messages[1:]
         if rest:
@@ -652,16 +670,18 @@ class Endpoint:
             ch.on_messages(rest, now)
             if ch.is_open:
                 ch.state = ChannelState.REPLIED
-        if ch.is_open and swarm.effective_push_head and self.address_validated(addr, now):
+        if ch.is_open and early:
             # Fast channel change (DESIGN F4): the peer's address is proven, so the head
             # chunks follow our reply at once (after the HAVEs it sent, which they skip).
             ch.early_push = True
             ch.start_push(swarm.head_ranges(swarm.effective_push_head))
 
-    def _reply(self, ch: Channel) -> bytes:
+    def _reply_messages(self, ch: Channel) -> list[Message]:
         hs = Handshake(ch.local_id, ch.swarm.handshake_options(initiator=False))
-        msgs: list[Message] = [hs, *ch.swarm.to_wire(ch.swarm.have_messages())]
-        return fastwire.encode_datagram(ch.remote_id, msgs, ch.ctx)
+        return [hs, *ch.swarm.to_wire(ch.swarm.have_messages())]
+
+    def _reply(self, ch: Channel) -> bytes:
+        return fastwire.encode_datagram(ch.remote_id, self._reply_messages(ch), ch.ctx)
 
     # -- output and timers
 
