@@ -126,6 +126,8 @@ TRACKER_KEEPALIVE = 40.0
 LIVE_MAX_QUEUED = 32
 #: Live: how long the end of a stream waits for viewers to acknowledge the last chunk.
 LIVE_DRAIN = 5.0
+#: On SIGINT/SIGTERM, how long a live source still waits for its last Stores before it exits.
+STOP_GRACE = 2.0
 #: Lifetime of stored values (RFC 6940 §7.4.1: the storing peer drops a value when it runs
 #: out). VoD content lives a day and is Stored again every half lifetime while the source
 #: runs; live segments live an hour (a time-shift window), and the live CONTENT-META is
@@ -1239,12 +1241,22 @@ async def run_live(
         report.bytes = stream.bytes
         pipeline.close()
         wakeup.set()
+        # Stopped by a signal: the operator wants the process gone, so the last Stores get a
+        # short grace and viewers are not waited for; at the end of the input they are.
+        stopped = stop is not None and stop.is_set()
         if runner is not None:
             # The last Stores: bounded by the pipeline's attempts, and by this wait.
-            await asyncio.wait_for(asyncio.shield(runner), STORE_TIMEOUT * options.max_attempts)
+            if not stopped:
+                await asyncio.wait_for(asyncio.shield(runner), STORE_TIMEOUT * options.max_attempts)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(runner), STOP_GRACE)
+                if not runner.done():
+                    log.info("stopping: the last live segments were not all stored")
         report.seconds = time.monotonic() - started
         report.stats = pipeline.stats
-        await stream.drain(LIVE_DRAIN)
+        if not stopped:
+            await stream.drain(LIVE_DRAIN)
         return report
     finally:
         if runner is not None and not runner.done():

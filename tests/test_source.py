@@ -757,3 +757,25 @@ def test_cli_publish_serves_until_sigint_then_exits_zero(tmp_path: Path) -> None
 
 def test_channel_json_is_plain_json() -> None:
     assert json.loads(json.dumps(CHANNEL.to_json()))["swarm_id"] == "ab" * 32
+
+
+def test_cli_live_exits_promptly_on_sigterm_with_a_viewer_that_stopped_acknowledging(
+    tmp_path: Path,
+) -> None:
+    """At the end of its input a live source waits (up to LIVE_DRAIN) for viewers to get the
+    last chunk; stopped by a signal it must not: a viewer that vanished would hold it up."""
+    from tests.test_cli import child, read_line
+
+    argv = ["source", "live", "--name", "sig", "--bitrate", "512", "--listen", "127.0.0.1:0"]
+    with child(*argv) as source:
+        assert source.stdout is not None
+        swarm = read_line(source.stdout, 30)
+        address = read_line(source.stdout, 10)
+        with child("get", "--live", swarm, "--peer", address, "-o", str(tmp_path / "v")) as viewer:
+            time.sleep(1.5)  # the viewer is receiving the stream
+            viewer.kill()  # and vanishes without a word: it acknowledges nothing more
+        time.sleep(0.5)
+        source.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert source.wait(timeout=20) == 0
+        assert time.monotonic() - started < 4.0  # not LIVE_DRAIN (5 s) plus the rest
