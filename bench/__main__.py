@@ -33,6 +33,8 @@ BENCHMARKS = (
     "source",
     "tracker_overlay",
     "reload_codec",
+    "fcc",
+    "cacher_capacity",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 
