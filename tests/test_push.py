@@ -701,3 +701,38 @@ def test_big_content_on_ethernet_falls_back_to_incremental_hashes_and_holding() 
     assert z.viewer.stats_held_verified - held >= 1
     for c in range(HEAD):
         assert z.stores[1].chunks[c] == z.data[1][c * 1024 : (c + 1) * 1024]
+
+
+class _EvictingStore(MemoryChunkStore):
+    """A cache store whose chunk 3 is evicted after the seeder announced it."""
+
+    evicted = False
+
+    def read_chunk(self, chunk: int) -> bytes | memoryview:
+        if self.evicted and chunk == 3:
+            raise KeyError(chunk)
+        return super().read_chunk(chunk)
+
+
+def test_a_chunk_evicted_after_it_was_queued_is_skipped_not_fatal() -> None:
+    """A cacher may evict a chunk a viewer already asked for: the send loop skips it (the
+    viewer asks again elsewhere) and keeps serving the rest; nothing raises out of flush."""
+    data = make_content(16 * 1024, 7)
+    tree = HashTree.from_content(data, 1024, MerkleHashFunction.SHA256)
+    params = SwarmParameters(tree.root_hash)
+    store = _EvictingStore(1024, data)
+    store.evicted = True
+    seeder = Endpoint()
+    seeder.add_swarm(params, StaticContent(tree, store, ChunkSet([(0, 15)])))
+    viewer = Endpoint()
+    own, _ = viewer_of(params)
+    viewer.add_swarm(params, own)
+    net = SimNet(delay=D)
+    net.add(CACHER, seeder)
+    net.add(VIEWER, viewer)
+    viewer.connect(params.swarm_id, CACHER, net.now)
+    net.run(2.0, stop=lambda: own.have.contains_range(4, 15))
+    assert own.have.contains_range(0, 2) and own.have.contains_range(4, 15)
+    assert 3 not in own.have
+    (channel,) = seeder.swarms[params.swarm_id].channels
+    assert channel.unreadable >= 1

@@ -209,6 +209,8 @@ class Channel:
         self.control_due: list[Message] = []
         self.bytes_received = 0
         self.bytes_sent = 0
+        #: Queued chunks the content could no longer read (evicted after they were queued).
+        self.unreadable = 0
 
         # Liveness (§3.12) and handshake retransmission.
         self.created = now
@@ -823,7 +825,13 @@ class Channel:
                 break
             if self.repair_credit:
                 self.repair_credit -= 1
-            payload = content.read_chunk(chunk)
+            try:
+                payload = content.read_chunk(chunk)
+            except KeyError:
+                # The chunk left the store after it was queued (a cache eviction): skip it;
+                # the peer requests it again, here or elsewhere, when its request times out.
+                self.unreadable += 1
+                continue
             if contained:
                 # Self-contained datagrams (see ``self_contained_ok``): each starts with our
                 # reply, HANDSHAKE and HAVEs (the HAVEs let the peer REQUEST the rest, §3.3),
