@@ -85,6 +85,8 @@ Address = tuple[str, int]
 MAX_HELD = 512
 #: Seconds between commits of the cache index while chunks arrive (crash consistency).
 COMMIT_INTERVAL = 1.0
+#: The stats snapshot in the cache directory (:meth:`Cacher._write_stats`).
+STATS_FILE = "stats.json"
 #: Bound on a portal answer and on each portal request.
 MAX_PORTAL_BODY = 4 * 1024 * 1024
 PORTAL_TIMEOUT = 5.0
@@ -766,3 +768,38 @@ class Cacher:
             await asyncio.sleep(COMMIT_INTERVAL)
             if self._dirty:
                 self._commit()
+            self._write_stats()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, per-swarm fills and the policy's heat, JSON-ready (read-only)."""
+        now = self.clock()
+        held = self.cache.holdings()
+        return {
+            "peer_id": self.peer_id,
+            "stats": dict(self.stats),
+            "swarms": {
+                sid.hex(): {
+                    "held": held[sid].count if sid in held else 0,
+                    "segments_filled": serving.segments_filled,
+                    "segments_failed": serving.segments_failed,
+                }
+                for sid, serving in self.servings.items()
+            },
+            "heat": {
+                sid.hex(): {"viewers": h.viewers, "join_rate": h.join_rate}
+                for sid, h in self.policy.heat.items()
+            },
+            "heat_now": {sid.hex(): self.policy.heat_of(sid, now) for sid in self.policy.heat},
+        }
+
+    def _write_stats(self) -> None:
+        """STATS_FILE in the cache directory, replaced every COMMIT_INTERVAL: what the cacher
+        did (fills from the storage overlay, reports, hints, global info), for operators and
+        end-to-end tests; nothing reads it back."""
+        path = self.config.cache_dir / STATS_FILE
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.snapshot(), sort_keys=True))
+            tmp.replace(path)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import sys
@@ -97,6 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--peer-id", metavar="ID", help="PPSP-TP peer ID (default: random)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument(
+        "--digest",
+        action="store_true",
+        help="keep each VoD channel's verified chunks and report the SHA-256 of its content "
+        "(sha256: null when incomplete); for tests, costs the content's size in memory",
+    )
     actions = parser.add_subparsers(dest="csc_action", metavar="ACTION", required=True)
     watch = actions.add_parser("watch", help="watch one channel")
     watch.add_argument("name", metavar="NAME")
@@ -151,7 +158,7 @@ async def _session(config: CscConfig, args: argparse.Namespace) -> int:
             printed.append(report["channel"])
             _print_stdout(format_channel(report))  # per channel change, as it happens
 
-    client = CscClient(config, on_visit=visited)
+    client = CscClient(config, on_visit=visited, keep_content=args.digest)
     stop = asyncio.Event()
     summary: dict[str, Any] | None = None
     with _on_signals(lambda _signum: stop.set()):
@@ -180,6 +187,10 @@ async def _session(config: CscConfig, args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         finally:
             await client.close()
+    if args.digest:
+        for ch in summary["channels"]:
+            content = client.content_of(ch["channel"])
+            ch["sha256"] = None if content is None else hashlib.sha256(content).hexdigest()
     if args.json:
         _print_stdout(json.dumps(summary, sort_keys=True))
     else:

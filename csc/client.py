@@ -233,6 +233,8 @@ class CscClient:
         self._overlay_task: asyncio.Task[Any] | None = None
         self._metas: dict[str, Any] = {}
         self._last_keepalive = 0.0
+        #: Overlay hops of each storage overlay segment fetched (reload.aio last_hops).
+        self.overlay_hops: list[int] = []
 
     # -- life cycle
 
@@ -386,6 +388,7 @@ class CscClient:
         summary = self.core.summary()
         summary["peer_id"] = self.peer_id
         summary["area"] = self.config.area
+        summary["overlay_hops"] = list(self.overlay_hops)
         return summary
 
     def content_of(self, name: str) -> bytes | None:
@@ -731,6 +734,7 @@ class CscClient:
                 log.warning("%s: segment %d from the storage overlay: %s", info.name, index, exc)
                 self._do(self.core.on_segment_failed(info.name, index, loop.time()))
                 return
+            self.overlay_hops.append(int(getattr(node, "last_hops", 0)))
             if self._visit is not visit:
                 return
             first = index * info.segment_chunks

@@ -273,6 +273,8 @@ class ChannelReport:
     peers: int = 0
     dropped: list[str] = field(default_factory=list)
     rescues: int = 0
+    #: Bytes per serving peer and the origin it was accounted as (None: the storage overlay).
+    by_peer: dict[tuple[Address | None, Origin], int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -289,7 +291,20 @@ class ChannelReport:
             "peers": self.peers,
             "dropped": list(self.dropped),
             "rescues": self.rescues,
+            "bytes_by_peer": _by_peer_json(self.by_peer),
         }
+
+
+def _by_peer_json(by_peer: dict[tuple[Address | None, Origin], int]) -> list[dict[str, Any]]:
+    """``[{"addr": "ip:port" or None, "role": origin, "bytes": n}]``, most bytes first."""
+    return [
+        {
+            "addr": None if addr is None else f"{addr[0]}:{addr[1]}",
+            "role": origin.value,
+            "bytes": n,
+        }
+        for (addr, origin), n in sorted(by_peer.items(), key=lambda item: -item[1])
+    ]
 
 
 # -- the core --------------------------------------------------------------------------------
@@ -463,7 +478,7 @@ class CscCore:
         if origin is None:
             known = addr in visit.info.sources or addr in visit.sources
             origin = Origin.SOURCE if known else Origin.PEER
-        return self._take(visit, chunk, visit.info.chunk_bytes(chunk), origin, now)
+        return self._take(visit, chunk, visit.info.chunk_bytes(chunk), origin, now, addr)
 
     def on_segment(self, channel: str, index: int, chunks: list[bytes], now: float) -> int:
         """The storage overlay's segment ``index``, verified; returns the chunks it added."""
@@ -616,6 +631,10 @@ class CscCore:
         reports = self.reports()
         sessions = [v.playback for v in self.visits]
         total = {o.value: sum(r.bytes[o] for r in reports) for o in Origin}
+        by_peer: dict[tuple[Address | None, Origin], int] = {}
+        for r in reports:
+            for key, n in r.by_peer.items():
+                by_peer[key] = by_peer.get(key, 0) + n
         delays = [r.startup_delay for r in reports if r.startup_delay is not None]
         return {
             "channels": [r.to_json() for r in reports],
@@ -625,6 +644,7 @@ class CscCore:
             "play_time": sum(s.play_time for s in sessions),
             "stall_time": sum(s.stall_time for s in sessions),
             "bytes": total,
+            "bytes_by_peer": _by_peer_json(by_peer),
         }
 
     # -- internals
@@ -671,13 +691,23 @@ class CscCore:
         n = visit.info.num_chunks
         return n is None or not visit.held.contains_range(0, n - 1)
 
-    def _take(self, visit: _Visit, chunk: int, size: int, origin: Origin, now: float) -> bool:
+    def _take(
+        self,
+        visit: _Visit,
+        chunk: int,
+        size: int,
+        origin: Origin,
+        now: float,
+        addr: Address | None = None,
+    ) -> bool:
         n = visit.info.num_chunks
         if chunk < 0 or (n is not None and chunk >= n) or chunk in visit.held:
             return False
         visit.held.add(chunk, chunk)
         visit.report.chunks += 1
         visit.report.bytes[origin] += size
+        key = (addr, origin)
+        visit.report.by_peer[key] = visit.report.by_peer.get(key, 0) + size
         if visit.rescuing and not self._needs_more(visit):
             visit.rescuing = False  # everything is here: the rescue is over
             visit.next_find = math.inf

@@ -47,8 +47,48 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-def phase_metrics(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Metrics of one phase from its CSC reports (one per CSC process)."""
+def locality(reports: Sequence[Mapping[str, Any]], area_of: Mapping[str, str]) -> dict[str, Any]:
+    """Share of the bytes the viewers received from inside their own area: each report's
+    ``bytes_by_peer`` (csc/core.py), the serving address mapped to its host's area by
+    ``area_of`` (IP → area). The storage overlay (no address) and unknown addresses count as
+    outside. Overall and per viewer area."""
+    inside = outside = 0
+    by_area: dict[str, dict[str, int]] = {}
+    by_role: dict[str, dict[str, int]] = {}
+    for report in reports:
+        viewer = str(report.get("area", ""))
+        area = by_area.setdefault(viewer, {"inside": 0, "outside": 0})
+        for entry in report.get("bytes_by_peer", []) or []:
+            n = int(_number(entry.get("bytes")))
+            addr = entry.get("addr")
+            ip = str(addr).rsplit(":", 1)[0] if isinstance(addr, str) else None
+            where = "inside" if ip is not None and area_of.get(ip) == viewer else "outside"
+            area[where] += n
+            role = by_role.setdefault(str(entry.get("role", "?")), {"inside": 0, "outside": 0})
+            role[where] += n
+            if where == "inside":
+                inside += n
+            else:
+                outside += n
+    total = inside + outside
+    return {
+        "inside_bytes": inside,
+        "outside_bytes": outside,
+        "inside_share": inside / total if total else None,
+        "by_area": {
+            a: {**v, "share": v["inside"] / (v["inside"] + v["outside"])}
+            for a, v in sorted(by_area.items())
+            if v["inside"] + v["outside"]
+        },
+        "by_role": by_role,
+    }
+
+
+def phase_metrics(
+    reports: Sequence[Mapping[str, Any]], area_of: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Metrics of one phase from its CSC reports (one per CSC process); with ``area_of``
+    (IP → area), the share of bytes served inside the viewer's area (:func:`locality`)."""
     delays: list[float] = []
     handshakes: list[float] = []
     no_first_frame = 0
@@ -80,7 +120,17 @@ def phase_metrics(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             area[origin] = area.get(origin, 0) + int(_number(count))
     viewers = len(reports)
     total = sum(by_origin.values())
+    hops = [int(h) for r in reports for h in r.get("overlay_hops", []) or []]
+    extra: dict[str, Any] = {}
+    if area_of is not None:
+        extra["locality"] = locality(reports, area_of)
     return {
+        **extra,
+        "overlay_hops": {
+            "fetches": len(hops),
+            "mean": sum(hops) / len(hops) if hops else None,
+            "max": max(hops) if hops else None,
+        },
         "viewers": viewers,
         "channel_changes": len(delays) + no_first_frame,
         "no_first_frame": no_first_frame,
@@ -101,14 +151,17 @@ def phase_metrics(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def aggregate_csc(
-    scenario: str, topology: str, phases: Mapping[str, Sequence[Mapping[str, Any]]]
+    scenario: str,
+    topology: str,
+    phases: Mapping[str, Sequence[Mapping[str, Any]]],
+    area_of: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Results of a CSC scenario, one :func:`phase_metrics` per phase; with both a ``push`` and
     a ``no-push`` phase, the p95 speed-up of push."""
     data: dict[str, Any] = {
         "scenario": scenario,
         "topology": topology,
-        "phases": {name: phase_metrics(reports) for name, reports in phases.items()},
+        "phases": {name: phase_metrics(reports, area_of) for name, reports in phases.items()},
     }
     push = data["phases"].get("push", {}).get("startup_delay_p95")
     plain = data["phases"].get("no-push", {}).get("startup_delay_p95")
@@ -131,6 +184,41 @@ def push_targets(data: Mapping[str, Any], cacher_rtt: Mapping[str, float]) -> di
     if speedup is not None:
         targets["push_speedup_p95"] = {"value": speedup, "bound": 5.0, "met": speedup >= 5.0}
     return targets
+
+
+#: Issue 9's locality target: share of bytes served inside the viewer's area.
+LOCALITY_TARGET: Final = 0.80
+#: Issue 9's churn target: Q1 and Q2 at least this under 10 %/minute churn.
+CHURN_TARGET: Final = 0.99
+
+
+def tracker_messages(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The tracker messages of a run from each tracker's statistics (``tracker stats:`` line
+    it logs when it stops, ppsp/tracker/server.py): requests by kind, batch availability
+    reports (CONNECT / STAT_REPORT with several swarms' chunks) against per-swarm ones, and the
+    overlay's Stores (PEER-BATCH against per-swarm SWARM-PEERS), Fetches and FINDs answered
+    from the overlay. Per tracker and summed."""
+    keys = ("requests", "finds", "connects", "stat_reports", "batch_reports", "swarm_reports")
+    overlay_keys = (
+        "peer_batch_stores",
+        "swarm_peers_stores",
+        "fetches",
+        "fetch_failures",
+        "overlay_answers",
+    )
+    per: dict[str, dict[str, int]] = {}
+    for name, st in stats.items():
+        daemon = st.get("daemon", {}) or {}
+        overlay = st.get("overlay", {}) or {}
+        row = {k: int(_number(daemon.get(k, st.get(k)))) for k in keys}
+        if overlay:
+            row.update({f"overlay_{k}": int(_number(overlay.get(k))) for k in overlay_keys})
+        per[name] = row
+    total: dict[str, int] = {}
+    for row in per.values():
+        for k, v in row.items():
+            total[k] = total.get(k, 0) + v
+    return {"trackers": per, "total": total}
 
 
 def sanity_problems(data: Mapping[str, Any]) -> list[str]:
@@ -219,6 +307,52 @@ def plot(out_dir: Path, data: Mapping[str, Any]) -> list[Path]:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
+    local = {n: p["locality"] for n, p in phases.items() if p.get("locality", {}).get("by_area")}
+    if local:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        areas = sorted({a for loc in local.values() for a in loc["by_area"]})
+        width = 0.8 / len(local)
+        for k, (name, loc) in enumerate(local.items()):
+            xs = [i + k * width for i in range(len(areas))]
+            ys = [loc["by_area"].get(a, {}).get("share", 0.0) * 100 for a in areas]
+            ax.bar(xs, ys, width=width, label=name)
+        ax.axhline(LOCALITY_TARGET * 100, linestyle="--", color="grey", label="target")
+        ax.set_xticks([i + width * (len(local) - 1) / 2 for i in range(len(areas))], areas)
+        ax.set_xlabel("viewer's area")
+        ax.set_ylabel("bytes served inside the area (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("Area locality")
+        ax.legend()
+        path = out_dir / "locality.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    trackers = data.get("tracker_messages", {}).get("trackers", {})
+    if trackers:
+        keys = [
+            ("finds", "FIND"),
+            ("batch_reports", "batch reports"),
+            ("swarm_reports", "per-swarm reports"),
+            ("overlay_peer_batch_stores", "PEER-BATCH Stores"),
+            ("overlay_swarm_peers_stores", "SWARM-PEERS Stores"),
+        ]
+        keys = [(k, label) for k, label in keys if any(k in row for row in trackers.values())]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        names = list(trackers)
+        width = 0.8 / len(keys)
+        for k, (key, label) in enumerate(keys):
+            xs = [i + k * width for i in range(len(names))]
+            ax.bar(xs, [trackers[n].get(key, 0) for n in names], width=width, label=label)
+        ax.set_xticks([i + width * (len(keys) - 1) / 2 for i in range(len(names))], names)
+        ax.set_ylabel("messages")
+        ax.set_title("Tracker messages")
+        ax.legend(fontsize="small")
+        path = out_dir / "tracker_messages.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
     pairs = [p for p in data.get("pairs", []) if p["rtt_min"] is not None]
     if pairs:
         fig, ax = plt.subplots(figsize=(5, 5))
@@ -237,6 +371,109 @@ def plot(out_dir: Path, data: Mapping[str, Any]) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f} %"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _detail_lines(data: Mapping[str, Any]) -> list[str]:
+    """Locality, stalls, overlay hops, tracker messages and the failure scenarios' lines."""
+    lines: list[str] = []
+    phases: Mapping[str, Any] = data.get("phases", {})
+    local = {n: p["locality"] for n, p in phases.items() if p.get("locality")}
+    if local:
+        lines += [
+            "",
+            f"Bytes served inside the viewer's area (target ≥ {LOCALITY_TARGET * 100:.0f} %; "
+            "the storage overlay and the source are outside every area):",
+            "",
+            "| phase | inside | outside | share inside | per area |",
+            "|---|---|---|---|---|",
+        ]
+        for name, loc in local.items():
+            areas = ", ".join(f"{a}: {_share(v['share'])}" for a, v in loc["by_area"].items())
+            lines.append(
+                f"| {name} | {loc['inside_bytes']} | {loc['outside_bytes']} "
+                f"| {_share(loc['inside_share'])} | {areas} |"
+            )
+    hops = {
+        n: p["overlay_hops"] for n, p in phases.items() if p.get("overlay_hops", {}).get("fetches")
+    }
+    if hops:
+        lines += ["", "Storage overlay fetches by the CSCs (rescue) and their RELOAD hops:", ""]
+        for name, h in hops.items():
+            lines.append(
+                f"- {name}: {h['fetches']} fetch(es), mean {h['mean']:.2f} hops, max {h['max']}"
+            )
+    probe = data.get("overlay_probe")
+    if probe:
+        lines += [
+            "",
+            "Storage overlay probe (a RELOAD client node fetching every channel's segments):",
+            "",
+        ]
+        for rec in probe:
+            mean = rec.get("hops_mean")
+            lines.append(
+                f"- {rec.get('when', '?')}: {rec.get('ok', 0)}/{rec.get('fetches', 0)} fetches "
+                f"succeeded, hops mean {'—' if mean is None else f'{mean:.2f}'}, "
+                f"max {rec.get('hops_max')}"
+            )
+    messages = data.get("tracker_messages")
+    if messages and messages.get("trackers"):
+        cols = sorted({k for row in messages["trackers"].values() for k in row})
+        lines += [
+            "",
+            "Tracker messages (batch = a CONNECT or STAT_REPORT reporting the chunks of several "
+            "swarms; per-swarm = one swarm's report, JOIN or LEAVE; overlay_* = the tracker "
+            "overlay's Stores, Fetches and FINDs answered with overlay peers):",
+            "",
+            "| tracker | " + " | ".join(cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        for name, row in messages["trackers"].items():
+            lines.append(f"| {name} | " + " | ".join(str(row.get(c, "—")) for c in cols) + " |")
+    targets = data.get("targets", {})
+    extra = [t for t in ("locality", "churn_q1", "churn_q2") if t in targets]
+    if extra:
+        lines += ["", "Targets (issue 9):", ""]
+        for key in extra:
+            t = targets[key]
+            lines.append(f"- {t['what']}: {t['value']:.4f} ≥ {t['bound']}: {_met(t['met'])}")
+    if data.get("churn"):
+        c = data["churn"]
+        lines += [
+            "",
+            f"Churn: {c['population']} viewers, {c['per_minute'] * 100:.0f} %/minute for "
+            f"{c['minutes']} min: {c['leave_join_events']} leave+join events, "
+            f"{c['sessions']} sessions.",
+        ]
+    kills = data.get("node_kill")
+    if kills:
+        lines += [
+            "",
+            f"Killed (SIGKILL) at {kills['at']:.1f} s into the zaps: "
+            + ", ".join(kills["killed"])
+            + ".",
+            "",
+            "| channel changes | before the kill | after the kill |",
+            "|---|---|---|",
+            f"| reached the first frame | {kills['before']['ok']}/{kills['before']['total']} "
+            f"| {kills['after']['ok']}/{kills['after']['total']} |",
+            f"| bytes from the cacher | {kills['before']['cacher_bytes']} "
+            f"| {kills['after']['cacher_bytes']} |",
+            "",
+            f"Viewers' trackers: {', '.join(kills['csc_trackers'])}; the cachers' and sources': "
+            f"{kills['connection_tracker']}. The other trackers know the cachers only through "
+            "the tracker overlay: their FINDs answered with overlay peers are overlay_answers "
+            "above (a killed tracker logs no statistics).",
+        ]
+    return lines
 
 
 def _ms(value: float | None) -> str:
@@ -276,7 +513,7 @@ def report_lines(data: Mapping[str, Any], plots: Sequence[str] = ()) -> list[str
         if "push_speedup_p95" in data:
             lines += ["", f"Push makes p95 startup {data['push_speedup_p95']:.1f}× faster."]
         targets = data.get("targets", {})
-        if targets:
+        if "push_p95" in targets or "push_speedup_p95" in targets:
             lines += ["", "Targets (issue 9):", ""]
             if "push_p95" in targets:
                 t = targets["push_p95"]
@@ -303,6 +540,7 @@ def report_lines(data: Mapping[str, Any], plots: Sequence[str] = ()) -> list[str
                 for o in ORIGINS
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _detail_lines(data)
     if "killed" in data:
         lines += [
             "",

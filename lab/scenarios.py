@@ -14,16 +14,26 @@ Shipped scenarios (:data:`SCENARIOS`):
 * ``fast-channel-change`` — the whole CDN (tracker, portal, storage overlay, source publishing
   VoD channels, one cacher per area, CSCs zapping) twice: cachers pushing the head chunks
   (F4) and cachers that do not; startup delays, Q1/Q2, stalls and bytes by origin.
-* ``flash-crowd``, ``churn``, ``cacher-restart``, ``node-kill``, ``area-locality`` — issue 9
-  item 2, declared here and refused with a clear message until written.
+* ``flash-crowd`` (viewers arriving on one channel within a short window), ``churn`` (10 %
+  of the viewers of a live channel leaving and joining per minute), ``cacher-restart`` (a
+  cacher killed and restarted mid-zap), ``node-kill`` (a tracker-overlay node and a storage
+  overlay node killed mid-zap), ``area-locality`` (share of bytes served inside the viewer's
+  area) — issue 9 item 2, built on ``fast-channel-change``'s daemons.
 
-``python -m lab.scenarios echo-server|echo-client …`` are the probes of ``connectivity``.
+Every CDN scenario's results carry, per phase, the share of bytes served inside the viewer's
+area (from the CSCs' bytes per serving peer), the storage overlay fetches' hops when the CSCs
+rescued from it, and the tracker messages (each tracker's statistics, logged when it stops).
+
+``python -m lab.scenarios echo-server|echo-client …`` are the probes of ``connectivity``;
+``python -m lab.scenarios overlay-probe DAEMON.toml USER CHANNEL…`` fetches channels from the
+storage overlay through a fresh RELOAD node (``node-kill``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -197,8 +207,14 @@ class FastChannelChange(Scenario):
         return [p for p in phases if only in (None, p[0])]
 
     def setup(self, run: LabRun) -> None:
-        topo = run.topology
-        core = topo.with_role("tracker")[0].name
+        self._start_tracker(run)
+        self._start_portal(run)
+        self._storage_overlay(run)
+        self._publish(run)
+
+    def _start_tracker(self, run: LabRun) -> None:
+        """One standalone tracker on the first tracker host; its URL in ``values["tracker"]``."""
+        core = run.topology.with_role("tracker")[0].name
         addr = run.address(core)
         config = run.host_dir(core) / "tracker.toml"
         config.write_text(
@@ -214,7 +230,9 @@ class FastChannelChange(Scenario):
         tracker.wait_lines(3, timeout=30.0)
         run.values["tracker"] = f"ppsp-udp://{addr}:{TRACKER_UDP}"
 
-        portal_host = topo.with_role("portal")[0].name
+    def _start_portal(self, run: LabRun) -> None:
+        """The portal with a generated publish token (``values["portal"]``, ``["portal_token"]``)."""
+        portal_host = run.topology.with_role("portal")[0].name
         token = secrets.token_hex(16)
         token_file = run.host_dir(portal_host) / "portal.token"
         token_file.write_text(token + "\n")
@@ -232,8 +250,6 @@ class FastChannelChange(Scenario):
         )
         run.values["portal"] = portal.wait_lines(1, timeout=30.0)[0].strip()
         run.values["portal_token"] = token
-        self._storage_overlay(run)
-        self._publish(run)
 
     def _storage_overlay(self, run: LabRun) -> None:
         """Storage overlay: certificates and daemon TOMLs (reload.usages.config), bound to the
@@ -331,6 +347,32 @@ class FastChannelChange(Scenario):
         run.values["channels"] = names
         wait_portal(run, source_host, run.values["channels"], timeout=120.0)
 
+    def _start_live(self, run: LabRun, name: str, bitrate: int, port: int) -> Daemon:
+        """``p2pcdn source live`` (a generated stream at ``bitrate`` kbit/s) as channel
+        ``name``, with its own storage overlay node on ``port``; started, not yet waited for
+        (it prints two lines when published)."""
+        from reload.usages.config import add_daemon
+
+        source_host = run.topology.with_role("source")[0].name
+        first = run.values["overlay_bootstrap"]
+        toml = add_daemon(
+            run.config_dir / "overlay", f"source-{name}", SOURCE_USER, port=port, bootstrap=[first]
+        )
+        _rebind(toml, run.address(source_host), port, first)
+        args = ["source", "live", "--name", name, "--bitrate", str(bitrate)]
+        args += ["--overlay", str(toml), "--tracker", run.values["tracker"]]
+        args += ["--portal", run.values["portal"], "--listen", f"{run.address(source_host)}:0"]
+        return run.start(
+            f"source-{name}",
+            source_host,
+            args,
+            env={"P2PCDN_PORTAL_TOKEN": run.values["portal_token"]},
+        )
+
+    def _tracker_of(self, run: LabRun, host: Any) -> str:
+        """The tracker URL the cacher on ``host`` registers at."""
+        return str(run.values["tracker"])
+
     def _start_cachers(self, run: LabRun, phase: str, push_head: int) -> list[Any]:
         cachers = []
         for host in run.topology.with_role("cacher"):
@@ -339,7 +381,7 @@ class FastChannelChange(Scenario):
             config = directory / "cacher.toml"
             config.write_text(
                 "[cacher]\n"
-                f"tracker = {json.dumps(run.values['tracker'])}\n"
+                f"tracker = {json.dumps(self._tracker_of(run, host))}\n"
                 f"area = {json.dumps(host.area)}\n"
                 f"listen = {json.dumps(f'{run.address(host.name)}:{CACHER_PORT}')}\n"
                 f"cache_dir = {json.dumps(str(directory / 'cache'))}\n"
@@ -385,6 +427,7 @@ class FastChannelChange(Scenario):
 
     def _zap(self, run: LabRun, name: str, host: str, area: str, dwell: float) -> Daemon:
         args = ["csc", "--portal", run.values["portal"], "--area", area]
+        args += [*run.values.get("csc_args", [])]  # e.g. --tracker URL (node-kill)
         args += ["--listen", f"{run.address(host)}:0", "--json", "zap", *run.values["channels"]]
         return run.start(name, host, [*args, "--dwell", str(dwell)], required=False)
 
@@ -396,25 +439,60 @@ class FastChannelChange(Scenario):
             raise RuntimeError(f"CSC(s) failed: {', '.join(failed)}")
 
     def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
-        phases: dict[str, list[dict[str, Any]]] = {}
-        for phase, _ in self.phases():
-            reports = []
-            for host in run.topology.with_role("csc"):
-                # One CSC per host and phase (csc-HOST-PHASE), or several (csc-HOST-PHASE-N).
-                pattern = re.compile(rf"^csc-{re.escape(host.name)}-{re.escape(phase)}(-\d+)?$")
-                for name in sorted(n for n in outputs if pattern.match(n)):
-                    for line in reversed(outputs[name]):
-                        record = _json_line(line)
-                        if record is not None and "channels" in record:
-                            record["host"], record["area"] = host.name, host.area
-                            reports.append(record)
-                            break
-            phases[phase] = reports
-        data = metrics.aggregate_csc(self.name, run.topology.name, phases)
+        phases = {phase: csc_reports(run.topology, outputs, phase) for phase, _ in self.phases()}
+        data = metrics.aggregate_csc(self.name, run.topology.name, phases, area_of(run.topology))
         data["targets"] = metrics.push_targets(data, cacher_rtt(run.topology))
         data["bound_elsewhere"] = run.values.get("bound_elsewhere", {})
         data["netem"] = run.values.get("netem")
+        data["tracker_messages"] = metrics.tracker_messages(tracker_stats(run))
         return data
+
+
+def area_of(topology: Topology) -> dict[str, str]:
+    """Every host's lab address → its area (the locality metric's map)."""
+    return {str(h.address): h.area for h in topology.hosts.values()}
+
+
+def tracker_stats(run: LabRun) -> dict[str, dict[str, Any]]:
+    """The statistics each tracker daemon logged when it stopped (``tracker stats: {json}`` on
+    stderr, ppsp/tracker/server.py), by daemon name; a tracker killed by SIGKILL has none."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, daemon in run.daemons.items():
+        if not re.fullmatch(r"tracker(-\d+)?", name):
+            continue
+        try:
+            text = daemon.err_path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in reversed(text.splitlines()):
+            _, marker, rest = line.partition("tracker stats: ")
+            if marker:
+                with contextlib.suppress(ValueError):
+                    value = json.loads(rest)
+                    if isinstance(value, dict):
+                        out[name] = value
+                break
+    return out
+
+
+def csc_reports(
+    topology: Topology, outputs: Mapping[str, list[str]], phase: str, prefix: str = "csc"
+) -> list[dict[str, Any]]:
+    """The CSC session reports (``p2pcdn csc --json``) of ``phase`` in the daemons' stdout,
+    tagged with their host and area. Daemons are named PREFIX-HOST-PHASE, or PREFIX-HOST-PHASE-N
+    for several per host; a daemon running several viewers prints one report line each."""
+    reports = []
+    for host in topology.with_role("csc"):
+        pattern = re.compile(
+            rf"^{re.escape(prefix)}-{re.escape(host.name)}-{re.escape(phase)}(-\d+)?$"
+        )
+        for name in sorted(n for n in outputs if pattern.match(n)):
+            for line in outputs[name]:
+                record = _json_line(line)
+                if record is not None and "channels" in record:
+                    record["host"], record["area"] = host.name, host.area
+                    reports.append(record)
+    return reports
 
 
 def cacher_rtt(topology: Topology) -> dict[str, float]:
@@ -469,11 +547,7 @@ def _rebind(toml: Path, address: str, port: int, bootstrap: tuple[str, int]) -> 
     toml.write_text("\n".join(lines) + "\n")
 
 
-# -- declared, not written yet --------------------------------------------------------------------
-
-
-class _Declared(Scenario):
-    implemented = False
+# -- the other CDN scenarios (issue 9 item 2) ------------------------------------------------------
 
 
 class FlashCrowd(FastChannelChange):
@@ -531,27 +605,10 @@ class Churn(FastChannelChange):
         return [("churn", self.option("push_head", 64))]
 
     def setup(self, run: LabRun) -> None:
-        from reload.usages.config import add_daemon
-
         super().setup(run)
-        source_host = run.topology.with_role("source")[0].name
-        port = OVERLAY_BASE_PORT + 80
-        first = run.values["overlay_bootstrap"]
-        toml = add_daemon(
-            run.config_dir / "overlay", "source-live", SOURCE_USER, port=port, bootstrap=[first]
-        )
-        _rebind(toml, run.address(source_host), port, first)
-        args = ["source", "live", "--name", "live", "--bitrate", str(self.option("bitrate", 400))]
-        args += ["--overlay", str(toml), "--tracker", run.values["tracker"]]
-        args += ["--portal", run.values["portal"], "--listen", f"{run.address(source_host)}:0"]
-        live = run.start(
-            "source-live",
-            source_host,
-            args,
-            env={"P2PCDN_PORTAL_TOKEN": run.values["portal_token"]},
-        )
+        live = self._start_live(run, "live", self.option("bitrate", 400), OVERLAY_BASE_PORT + 80)
         live.wait_lines(2, timeout=120.0)
-        wait_portal(run, source_host, ["live"], timeout=60.0)
+        wait_portal(run, run.topology.with_role("source")[0].name, ["live"], timeout=60.0)
 
     def run(self, run: LabRun) -> None:
         per_host = self.option("viewers_per_host", 2)
@@ -569,6 +626,9 @@ class Churn(FastChannelChange):
             nonlocal serial
             args = ["csc", "--portal", run.values["portal"], "--area", host.area]
             args += ["--listen", f"{run.address(host.name)}:0", "--json"]
+            # A live player keeps a few seconds of media buffered (the default 8 KiB are 0.16 s
+            # at 400 kbit/s, less than one signed munro of the live source: a stall per munro).
+            args += ["--startup", str(self.option("startup", 2.0))]
             args += ["watch", "live", "--seconds", str(minutes * 60 + 120)]
             name = f"csc-{host.name}-{phase}-{serial}"
             serial += 1
@@ -600,8 +660,19 @@ class Churn(FastChannelChange):
 
     def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
         data = super().collect(run, outputs)
-        data.pop("targets", None)
         data["churn"] = run.values.get("churn")
+        phase = data["phases"].get("churn", {})
+        rate = (data["churn"] or {}).get("per_minute", 0.0) * 100
+        data["targets"] = {
+            f"churn_{key}": {
+                "what": f"{key.upper()} under {rate:.0f} %/minute churn",
+                "value": phase[key],
+                "bound": metrics.CHURN_TARGET,
+                "met": phase[key] >= metrics.CHURN_TARGET,
+            }
+            for key in ("q1", "q2")
+            if data["churn"] and phase.get(key) is not None
+        }
         return data
 
 
@@ -671,14 +742,272 @@ def _batch_report_swarms(stderr: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class NodeKill(_Declared):
+TRACKER_OVERLAY_NAME: Final = "trackers.lab.p2pcdn"
+TRACKER_OVERLAY_PORT: Final = 6300
+#: Tracker node i listens on the PPSP-TP ports + TRACKER_PORT_STEP * i.
+TRACKER_PORT_STEP: Final = 10
+
+
+class NodeKill(FastChannelChange):
+    """A tracker overlay of ``trackers`` nodes (overlay mode, docs/tracker.md): the sources and
+    cachers use node 0 (a cacher has one tracker, and its push hints come from the viewers its
+    tracker sees), the viewers nodes 0, 1 and 2 (the CSC asks every tracker it is given at
+    once, so a dead one costs it nothing but a timeout); node 1 and 2 know the cachers only
+    through the overlay. While the CSCs zap, tracker node 2 and storage node ``kill_storage``
+    are killed (SIGKILL); then fresh viewers, which know no cacher yet, zap through the
+    survivors. A RELOAD client node fetches every channel's segments from the storage overlay
+    before the kill and after it (hops, success)."""
+
     name = "node-kill"
-    description = "a tracker node and a storage node killed"
+    description = "a tracker node and a storage node killed (SIGKILL) mid-zap; Q1, Q2, fetches"
+
+    def phases(self) -> list[tuple[str, int]]:
+        push = self.option("push_head", 64)
+        return [("kill", push), ("after", push)]
+
+    def _start_tracker(self, run: LabRun) -> None:
+        from reload import security
+        from reload.usages.config import make_overlay_dir, overlay_xml
+
+        count = self.option("trackers", 3)
+        if count < 3:
+            raise TopologyError("node-kill needs trackers >= 3")
+        host = run.topology.with_role("tracker")[0].name
+        addr = run.address(host)
+        root = run.config_dir / "tracker-overlay"
+        tomls = make_overlay_dir(
+            root,
+            TRACKER_OVERLAY_NAME,
+            count,
+            "tracker",
+            base_port=TRACKER_OVERLAY_PORT,
+            bootstrap_count=1,
+        )
+        first = (addr, TRACKER_OVERLAY_PORT)
+        ca = security.load_certificate(root / "ca" / "ca.pem")
+        (root / "overlay.xml").write_bytes(
+            overlay_xml(TRACKER_OVERLAY_NAME, "tracker", [ca], [first])
+        )
+        urls = []
+        for i, toml in enumerate(tomls):
+            _rebind(toml, addr, TRACKER_OVERLAY_PORT + i, first)
+            step = TRACKER_PORT_STEP * i
+            config = run.host_dir(host) / f"tracker-{i}.toml"
+            config.write_text(
+                "[listen]\n"
+                f'http = "{addr}:{TRACKER_HTTP + step}"\nudp = "{addr}:{TRACKER_UDP + step}"\n'
+                f'tcp = "{addr}:{TRACKER_TCP + step}"\n'
+                f"[timers]\nhint_interval = {float(self.option('hint_interval', 1.0))}\n"
+                '[logging]\nlevel = "info"\n'
+                f"[overlay]\ndaemon = {json.dumps(str(toml))}\n"
+            )
+            name = "tracker" if i == 0 else f"tracker-{i}"
+            tracker = run.start(name, host, ["tracker", "--config", str(config)])
+            tracker.wait_lines(3, timeout=60.0)  # node 0 creates the overlay: the rest join it
+            urls.append(f"ppsp-udp://{addr}:{TRACKER_UDP + step}")
+        run.values["tracker"] = urls[0]
+        run.values["trackers"] = urls
+        run.values["csc_args"] = [a for url in urls[:3] for a in ("--tracker", url)]
+
+    def run(self, run: LabRun) -> None:
+        dwell = self.option("dwell", 3.0)
+        settle = self.option("settle", 2.0)
+        victim_index = self.option("kill_storage", 1)
+        cachers = self._start_cachers(run, "kill", self.option("push_head", 64))
+        run.sleep(settle)
+        first_per_area = {h.area: h for h in run.topology.with_role("csc")}
+        warmups = [
+            self._zap(run, f"warmup-{h.name}-kill", h.name, h.area, 1.0)
+            for h in first_per_area.values()
+        ]
+        self._wait_viewers(run, warmups, 1.0, "warm-up (kill)")
+        run.values["overlay_probe"] = [overlay_probe(run, "before the kill", 0)]
+        viewers = [
+            self._zap(run, f"csc-{h.name}-kill", h.name, h.area, dwell)
+            for h in run.topology.with_role("csc")
+        ]
+        started = time.monotonic()
+        run.sleep(dwell * 1.5)  # in the middle of the second channel
+        killed = []
+        tracker = run.daemons[f"tracker-{self.option('trackers', 3) - 1}"]
+        tracker.kill()
+        killed.append(f"{tracker.name} (a viewer tracker)")
+        storage = run.daemons.get(f"storage-{victim_index}")
+        if storage is None:
+            raise TopologyError(f"node-kill: no storage-{victim_index} to kill")
+        storage.kill()
+        killed.append(storage.name)
+        at = time.monotonic() - started
+        run.values["bound_elsewhere"] = run.bound_elsewhere()
+        self._wait_viewers(run, viewers, dwell, "zapping (kill)")
+        # Fresh viewers: no cacher known, their FINDs go to the surviving tracker 1 only.
+        late = [
+            self._zap(run, f"csc-{h.name}-after", h.name, h.area, dwell)
+            for h in run.topology.with_role("csc")
+        ]
+        self._wait_viewers(run, late, dwell, "zapping (after)")
+        run.values["overlay_probe"].append(overlay_probe(run, "after the kill", 1))
+        for cacher in cachers:
+            cacher.stop()
+        run.values["node_kill"] = {
+            "at": at,
+            "killed": killed,
+            "dwell": dwell,
+            "csc_trackers": run.values["trackers"][:3],
+            "connection_tracker": run.values["tracker"],
+        }
+
+    def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
+        data = super().collect(run, outputs)
+        data.pop("targets", None)
+        data["overlay_probe"] = run.values.get("overlay_probe")
+        info = run.values.get("node_kill")
+        if info is not None:
+            before = {"ok": 0, "total": 0, "cacher_bytes": 0}
+            after = {"ok": 0, "total": 0, "cacher_bytes": 0}
+            for phase in ("kill", "after"):
+                for report in csc_reports(run.topology, outputs, phase):
+                    for i, channel in enumerate(report.get("channels", [])):
+                        # Channel i of the kill phase starts at i × dwell; the kill lands in
+                        # the second: it and everything later count as after.
+                        side = (
+                            after
+                            if phase == "after" or (i + 1) * info["dwell"] > info["at"]
+                            else before
+                        )
+                        side["total"] += 1
+                        side["ok"] += channel.get("startup_delay") is not None
+                        side["cacher_bytes"] += int(channel.get("bytes", {}).get("cacher", 0))
+            data["node_kill"] = {**info, "before": before, "after": after}
+        return data
 
 
-class AreaLocality(_Declared):
+class AreaLocality(FastChannelChange):
+    """Every CSC zaps with its area as the tracker's locality hint; the area cachers are warmed
+    first (one viewer per area visits every channel, so the cacher holds them and the tracker
+    knows it). The metric: the share of the bytes the viewers received from a host of their own
+    area (cacher or peer), from each CSC's bytes per serving peer; target ≥ 80 %."""
+
     name = "area-locality"
-    description = "share of bytes that stay inside the viewer's area"
+    description = "share of the bytes served from inside the viewer's area (target 80 %)"
+
+    def phases(self) -> list[tuple[str, int]]:
+        return [("locality", self.option("push_head", 64))]
+
+    def run(self, run: LabRun) -> None:
+        dwell = self.option("dwell", 3.0)
+        settle = self.option("settle", 2.0)
+        phase, push_head = self.phases()[0]
+        cachers = self._start_cachers(run, phase, push_head)
+        run.sleep(settle)
+        first_per_area = {h.area: h for h in run.topology.with_role("csc")}
+        warm = self.option("warm_dwell", 2.0)
+        warmups = [
+            self._zap(run, f"warmup-{h.name}-{phase}", h.name, h.area, warm)
+            for h in first_per_area.values()
+        ]
+        self._wait_viewers(run, warmups, warm, f"warm-up ({phase})")
+        run.sleep(settle)
+        viewers = [
+            self._zap(run, f"csc-{h.name}-{phase}", h.name, h.area, dwell)
+            for h in run.topology.with_role("csc")
+        ]
+        run.sleep(min(1.0, dwell / 2))
+        run.values["bound_elsewhere"] = run.bound_elsewhere()
+        self._wait_viewers(run, viewers, dwell, f"zapping ({phase})")
+        for cacher in cachers:
+            cacher.stop()
+
+    def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
+        data = super().collect(run, outputs)
+        share = data["phases"]["locality"].get("locality", {}).get("inside_share")
+        data["targets"] = {}
+        if share is not None:
+            data["targets"]["locality"] = {
+                "what": "share of bytes served inside the viewer's area",
+                "value": share,
+                "bound": metrics.LOCALITY_TARGET,
+                "met": share >= metrics.LOCALITY_TARGET,
+            }
+        return data
+
+
+def overlay_probe(run: LabRun, when: str, serial: int) -> dict[str, Any]:
+    """Fetch every channel's CONTENT-META and segments from the storage overlay through a fresh
+    RELOAD client node on the first CSC host (``python -m lab.scenarios overlay-probe``): how
+    many fetches succeed and their hops. Bounded (60 s)."""
+    from reload.usages.config import add_daemon
+
+    host = run.topology.with_role("csc")[0].name
+    port = OVERLAY_BASE_PORT + 95 + serial
+    first = run.values["overlay_bootstrap"]
+    toml = add_daemon(
+        run.config_dir / "overlay",
+        f"probe-{serial}",
+        f"probe{serial}@{OVERLAY_NAME}",
+        port=port,
+        bootstrap=[first],
+    )
+    _rebind(toml, run.address(host), port, first)
+    probe = run.start_command(
+        f"probe-overlay-{serial}",
+        host,
+        [
+            sys.executable,
+            "-m",
+            "lab.scenarios",
+            "overlay-probe",
+            str(toml),
+            SOURCE_USER,
+            *run.values["channels"],
+        ],
+        required=False,
+    )
+    run.wait_for([probe], timeout=90.0, what=f"overlay probe ({when})")
+    record: dict[str, Any] = {"when": when, "fetches": 0, "ok": 0}
+    for line in probe.stdout_lines():
+        value = _json_line(line)
+        if value is not None:
+            record.update(value)
+    return record
+
+
+async def _overlay_probe(toml: str, user: str, channels: list[str]) -> dict[str, Any]:
+    from reload.aio import OverlayNode, load_daemon_config
+    from reload.usages.client import ContentStore
+
+    node = OverlayNode.from_config(load_daemon_config(Path(toml)))
+    await node.start(join_timeout=30.0)
+    store = ContentStore(node, "probe", timeout=5.0)
+    hops: list[int] = []
+    fetches = ok = 0
+    try:
+        for channel in channels:
+            fetches += 1
+            try:
+                meta = await store.get_meta(user, channel)
+            except Exception:  # not found, replicas exhausted, timeouts: counted
+                continue
+            ok += 1
+            hops.append(node.last_hops)
+            segments = -(-(meta.chunks or 0) // meta.segment_chunks)
+            for index in range(segments):
+                fetches += 1
+                try:
+                    await store.get_segment(meta, index)
+                except Exception:  # counted
+                    continue
+                ok += 1
+                hops.append(node.last_hops)
+    finally:
+        await asyncio.wait_for(node.close(), 10.0)
+    return {
+        "fetches": fetches,
+        "ok": ok,
+        "hops_mean": sum(hops) / len(hops) if hops else None,
+        "hops_max": max(hops) if hops else None,
+        "hops": hops,
+    }
 
 
 SCENARIOS: Final[dict[str, type[Scenario]]] = {
@@ -805,9 +1134,19 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("targets", nargs="+")
     client.add_argument("--port", type=int, default=ECHO_PORT)
     client.add_argument("--count", type=int, default=5)
+    probe = actions.add_parser("overlay-probe")
+    probe.add_argument("daemon_toml")
+    probe.add_argument("user")
+    probe.add_argument("channels", nargs="+")
     args = parser.parse_args(argv)
     if args.action == "echo-server":
         return echo_server(args.address, args.port, args.seconds)
+    if args.action == "overlay-probe":
+        result = asyncio.run(
+            asyncio.wait_for(_overlay_probe(args.daemon_toml, args.user, args.channels), 80.0)
+        )
+        print(json.dumps(result), flush=True)
+        return 0
     records = asyncio.run(echo_probe(args.targets, args.port, args.count))
     for record in records:
         print(json.dumps(record), flush=True)

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import gc
 import ipaddress
+import json
 import logging
 import socket
 import ssl
@@ -84,6 +85,8 @@ _REQUEST_BYTE = 0x08  # draft-gu-02 §5.2.1.1: first method octet of a request
 HOUSEKEEPING_INTERVAL = 1.0
 #: aiohttp's grace period for requests in progress when the daemon stops.
 HTTP_SHUTDOWN_TIMEOUT = 5.0
+#: Read-only view of one swarm over HTTP GET (:meth:`TrackerServer.view`).
+VIEW_PATH = "/x-p2pcdn/view"
 #: UDP socket buffers: a 10,000-swarm batch arrives as ~750 datagrams in a burst.
 SOCKET_BUFFER = 8 * 1024 * 1024
 #: Fragmented UDP messages go out in bursts of this many datagrams, this many seconds apart.
@@ -159,6 +162,13 @@ class Counters:
     pushed: int = 0
     push_undeliverable: int = 0
     internal_errors: int = 0
+    #: Requests by kind; CONNECT / STAT_REPORT reporting the chunks of several swarms (a batch
+    #: availability report) against per-swarm ones (one swarm's report, or a JOIN / LEAVE).
+    finds: int = 0
+    connects: int = 0
+    stat_reports: int = 0
+    batch_reports: int = 0
+    swarm_reports: int = 0
 
 
 # ---------------------------------------------------------------------------- routes
@@ -290,6 +300,7 @@ class TrackerServer:
         if self._closing:
             return
         self._closing = True
+        log.info("tracker stats: %s", json.dumps(self.stats(), sort_keys=True, default=str))
         if self._gc_acquired:
             self._gc_acquired = False
             _release_gc()
@@ -392,6 +403,22 @@ class TrackerServer:
         """Run one decoded request through the tracker; a failure inside the tracker is an
         Internal Server Error (RFC 7846 §4.3, code 04), never a crash of the daemon."""
         now = self.loop.time()
+        counters = self.counters
+        if isinstance(request, Find):
+            counters.finds += 1
+        else:
+            if isinstance(request, Connect):
+                counters.connects += 1
+                swarms = len(request.availability) or min(1, len(request.swarm_actions))
+            elif isinstance(request, StatReport):
+                counters.stat_reports += 1
+                swarms = len(request.stats) + len(request.availability) + len(request.deltas)
+            else:
+                swarms = 0
+            if swarms > 1:
+                counters.batch_reports += 1
+            elif swarms:
+                counters.swarm_reports += 1
         try:
             response = self.tracker.handle(request, source, now)
         except TrackerError as exc:
@@ -539,6 +566,8 @@ class TrackerServer:
     # -- HTTP(S): RFC 7846 §4 -------------------------------------------------------------
 
     async def _http_request(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == VIEW_PATH:
+            return web.json_response(self.view(request.query.get("swarm", "")))
         if request.method != "POST":
             # RFC 7846 §4: requests are POSTs.
             return web.Response(
@@ -585,6 +614,26 @@ class TrackerServer:
         return web.Response(
             status=200, body=payload, headers={"Content-Type": json_codec.CONTENT_TYPE}
         )
+
+    def view(self, swarm_id: str) -> dict[str, Any]:
+        """The tracker's view of one swarm, read-only (``GET /x-p2pcdn/view?swarm=HEX`` on the
+        HTTP listener; tests and operators): each member's mode, role, area and the chunk
+        ranges it reported (F2), and the swarm's popularity (F5)."""
+        tracker = self.tracker
+        members: dict[str, Any] = {}
+        for peer_id, mode in tracker.peers_of(swarm_id).items():
+            held = tracker.availability(peer_id, swarm_id)
+            members[peer_id] = {
+                "mode": mode.value,
+                "ranges": None if held is None else [[r.start, r.end] for r in held],
+            }
+        popularity = tracker.popularity(swarm_id, self.loop.time())
+        return {
+            "swarm_id": swarm_id,
+            "peers": members,
+            "viewers": None if popularity is None else popularity.viewers,
+            "join_rate": None if popularity is None else popularity.join_rate,
+        }
 
     def _piggyback(self, peer_id: str, response: Response) -> Response:
         """A cacher's active push hints ride on its HTTP responses: the tracker cannot speak
