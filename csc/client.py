@@ -629,7 +629,13 @@ class CscClient:
                 origin = {Role.CACHER: Origin.CACHER, Role.SOURCE: Origin.SOURCE}.get(
                     peer.role or Role.CSC, Origin.PEER
                 )
-                candidates.append(PeerCandidate((a.ip, a.port), origin, peer.peer_id))
+                remote = (
+                    origin is Origin.CACHER
+                    and self.config.area is not None
+                    and peer.area is not None
+                    and peer.area != self.config.area
+                )
+                candidates.append(PeerCandidate((a.ip, a.port), origin, peer.peer_id, remote))
         if self.node is None:
             return
         log.info("%s: tracker %s named %d peers", info.name, url, len(candidates))

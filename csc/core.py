@@ -211,6 +211,10 @@ class PeerCandidate:
     addr: Address
     origin: Origin
     peer_id: str = ""
+    #: A cacher of another area (the tracker's area attribute differs from ours): used only
+    #: when no cacher of our area is named, or when starving — locality, as LiveSky kept
+    #: traffic inside the ISP.
+    remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +328,7 @@ class _Visit:
     named_peers: bool = False  # a tracker named a cacher or peer of the swarm
     named_cacher: bool = False  # a tracker named a cacher of the swarm
     held_back: list[PeerCandidate] = field(default_factory=list)  # peers after the cacher
+    remote_cachers: list[PeerCandidate] = field(default_factory=list)  # other areas' cachers
     last_peer_chunk: float = 0.0
     rescuing: bool = False
     next_find: float = math.inf
@@ -410,8 +415,19 @@ class CscCore:
         if visit is None:
             return []
         actions: list[Action] = []
-        ordered = sorted(peers, key=lambda p: p.origin is not Origin.CACHER)
+        ordered = sorted(peers, key=lambda p: (p.origin is not Origin.CACHER, p.remote))
+        local_cacher = visit.named_cacher or any(
+            p.origin is Origin.CACHER and not p.remote for p in peers
+        )
         for peer in ordered:
+            if peer.origin is Origin.CACHER and peer.remote and local_cacher:
+                # Our area's cacher serves; another area's is kept for a starving moment.
+                if (
+                    peer not in visit.remote_cachers
+                    and len(visit.remote_cachers) < MAX_PEERS_PER_CHANNEL
+                ):
+                    visit.remote_cachers.append(peer)
+                continue
             if peer.origin is Origin.SOURCE:
                 # The source is the rescue, not a peer (LiveSky: the CDN serves, the origin
                 # rescues): it is connected when the others starve us, or when there is
@@ -421,10 +437,11 @@ class CscCore:
                 continue
             if peer.origin is Origin.CACHER:
                 visit.named_cacher = True
-                if peer.addr in self.cachers:
-                    self.cachers.remove(peer.addr)
-                self.cachers.append(peer.addr)
-                del self.cachers[:-MAX_KNOWN_CACHERS]
+                if not peer.remote:  # only our area's cachers are contacted at every zap
+                    if peer.addr in self.cachers:
+                        self.cachers.remove(peer.addr)
+                    self.cachers.append(peer.addr)
+                    del self.cachers[:-MAX_KNOWN_CACHERS]
             elif not self._peers_open(visit, now):
                 # Fast channel change (F4): the head comes from the cacher, pushed with its
                 # handshake reply; peers asked for it too would only compete with that.
@@ -603,6 +620,9 @@ class CscCore:
                 if last <= since + 1e-9:
                     actions.append(DropPeer(visit.info.name, addr))
             actions.append(FindPeers(visit.info.name))
+            remote, visit.remote_cachers = visit.remote_cachers, []
+            for peer in remote:  # another area's cache before the storage overlay or source
+                actions.extend(self._connect(visit, peer, now))
             if self.overlay and not visit.info.live and visit.info.source_user:
                 actions.append(StartRescue(visit.info.name))
             else:

@@ -115,6 +115,29 @@ def test_peers_join_at_the_first_frame_from_the_cacher() -> None:
     ]
 
 
+def test_another_areas_cacher_waits_for_starvation_when_ours_is_named() -> None:
+    """Locality: with a cacher of our area named, another area's cacher is neither connected
+    nor remembered for later zaps; it is the first help when we starve, before the source.
+    Named alone, it serves like our own."""
+    core = CscCore(startup_seconds=0.1, starvation_timeout=1.0)
+    core.zap(info("a"), 0.0)
+    ours, theirs = ("10.0.1.1", 1), ("10.0.2.1", 1)
+    named = [
+        PeerCandidate(theirs, Origin.CACHER, remote=True),
+        PeerCandidate(ours, Origin.CACHER),
+    ]
+    assert core.on_peers("a", named, 0.01) == [ConnectPeer("a", ours, Origin.CACHER)]
+    assert core.cachers == [ours]
+    assert core.handle_timer(0.5) == []  # not released with the plain peers
+    rescue = core.handle_timer(1.02)  # ours delivered nothing for starvation_timeout
+    assert ConnectPeer("a", theirs, Origin.CACHER) in rescue
+    # Alone in the answer, another area's cacher is connected at once, but not remembered.
+    core.zap(info("b"), 2.0)
+    got = core.on_peers("b", [PeerCandidate(theirs, Origin.CACHER, remote=True)], 2.01)
+    assert got == [ConnectPeer("b", theirs, Origin.CACHER)]
+    assert core.cachers == [ours]
+
+
 def test_verified_chunks_play_bytes_by_origin_and_startup_delay() -> None:
     core = CscCore(startup_seconds=0.016)  # two chunks at 1 Mbit/s
     core.zap(info("a", chunks=4), 10.0)
