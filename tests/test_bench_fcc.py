@@ -72,3 +72,39 @@ def test_cacher_capacity_runs_a_tiny_ramp() -> None:
     result = cacher_capacity.report(steps, (4,), 2.0, 1.0, LOAD)
     assert validate(result) is None
     assert result["rows"][0]["metric"].startswith("largest N")
+
+
+@pytest.mark.slow
+def test_fcc_topology_leg_compares_with_a_far_core() -> None:
+    topo = asyncio.run(fcc.measure_topology(3))
+    assert list(topo) == list(fcc.TOPOLOGY_LEGS)
+    for zaps in topo.values():
+        assert len(zaps) == 3
+        assert all(z.ok and z.established is not None for z in zaps)
+    assert all(z.early_push and z.chunks_pushed == fcc.PUSH_HEAD for z in topo["push_warm"])
+    assert all(z.chunks_pushed == 0 for z in topo["nopush_warm"])
+    assert not any(z.early_push for z in topo["nopush_cold"])
+
+    def median(leg: str, what: str = "first_frame") -> float:
+        zaps = topo[leg]
+        if what == "established":
+            return statistics.median(z.established or 0.0 for z in zaps)
+        return statistics.median(z.first_frame[8] for z in zaps)
+
+    # The emulated topology: 2 x 5 ms to the cacher, 2 x 40 ms to the source at the core.
+    rtt, rtt_core = median("nopush_warm", "established"), median("no_cacher", "established")
+    assert rtt >= 2 * fcc.AREA_DELAY and rtt_core >= 2 * fcc.CORE_DELAY
+    assert rtt_core > rtt + fcc.CORE_DELAY
+    # A cold fill crosses the core's round trip; without a cacher, the handshake and the
+    # REQUEST both do (orderings by a whole core round trip, no timing threshold).
+    push = median("push_warm")
+    assert push + 2 * fcc.CORE_DELAY <= median("nopush_cold")
+    assert push + 2 * rtt_core <= median("no_cacher")
+
+    results = {fcc.TOPOLOGY: topo}
+    summary = fcc.summarize(results)
+    th = summary["conditions"][fcc.TOPOLOGY]["thresholds"][8]
+    assert th["ratio_no_cacher"] > th["ratio_nopush_cold"] > 1.0
+    result = fcc.report(results, 3, 0, 1.0, LOAD)
+    assert validate(result) is None
+    assert any("no cacher" in r["metric"] for r in result["rows"])
