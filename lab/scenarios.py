@@ -286,11 +286,16 @@ class FastChannelChange(Scenario):
             node.wait_lines(2, timeout=60.0)
         run.values["overlay_bootstrap"] = first
         for host in topo.with_role("cacher"):
+            # A cacher only reads from the storage overlay (docs/cacher.md), so it joins as a
+            # RELOAD client (RFC 6940 §3.2.1), never as a peer: a peer joining after the
+            # sources published takes over part of the ring (§10.5), and the segments whose
+            # replicas it became failed to fill; and cachers restart between phases.
             toml = add_daemon(
                 root,
                 f"cacher-{host.name}",
                 f"{host.name}@{OVERLAY_NAME}",
                 port=OVERLAY_BASE_PORT + 91,
+                client=True,
                 bootstrap=[first],
             )
             _rebind(toml, run.address(host.name), OVERLAY_BASE_PORT + 91, first)
@@ -946,6 +951,7 @@ def overlay_probe(run: LabRun, when: str, serial: int) -> dict[str, Any]:
         f"probe-{serial}",
         f"probe{serial}@{OVERLAY_NAME}",
         port=port,
+        client=True,  # a peer joining would take over segments it does not hold (§10.5)
         bootstrap=[first],
     )
     _rebind(toml, run.address(host), port, first)

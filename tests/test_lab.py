@@ -317,6 +317,56 @@ def test_locality_and_tracker_messages(tmp_path: Path) -> None:
     assert "2 fetch(es), mean 2.50 hops, max 3" in text
 
 
+class _Started:
+    """A daemon that started: the storage overlay setup only waits for its first lines."""
+
+    def wait_lines(self, count: int, timeout: float) -> list[str]:
+        return ["ready"] * count
+
+
+class _ConfigOnlyRun(LabRun):
+    """A LabRun that writes configurations but builds no namespace and starts nothing."""
+
+    def __init__(self, topology: Topology, out_dir: Path) -> None:
+        super().__init__(topology, scenarios.get("fast-channel-change", {}), out_dir)
+        self.hosts = {name: f"127.0.0.{i + 2}" for i, name in enumerate(topology.hosts)}
+        self.started: list[tuple[str, str, list[str]]] = []
+
+    def address(self, host: str) -> str:
+        return self.hosts[host]
+
+    def start(self, name: str, host: str, args: Any, **_: Any) -> Any:
+        self.started.append((name, host, list(args)))
+        return _Started()
+
+
+def test_cachers_join_the_storage_overlay_as_clients(tmp_path: Path) -> None:
+    # A cacher only reads segments from the storage overlay. Joined as a RELOAD peer after
+    # the sources had published, it took over part of the ring (RFC 6940 §10.5): on the
+    # areas topology, ch2's segments 2 and 6 were "not found" at every replica, so every
+    # viewer stalled on its second channel. It must be a client (§3.2.1, §4.2) that attaches
+    # through the overlay's first node and stores nothing.
+    from reload.aio import load_daemon_config
+
+    topo = load(shipped()["ci6"])
+    run = _ConfigOnlyRun(topo, tmp_path)
+    scenario = scenarios.get("fast-channel-change", {})
+    assert isinstance(scenario, scenarios.FastChannelChange)
+    scenario._storage_overlay(run)
+    storage = [entry for entry in run.started if entry[0].startswith("storage-")]
+    assert len(storage) == 2 * len(topo.with_role("storage"))
+    bootstrap = run.values["overlay_bootstrap"]
+    cachers = topo.with_role("cacher")
+    assert cachers
+    for host in cachers:
+        config = load_daemon_config(Path(run.values[f"overlay-{host.name}"]))
+        assert config.client, f"{host.name}'s overlay node would join as a peer"
+        assert config.bootstrap == [bootstrap]
+        assert config.listen[0] == run.address(host.name)
+    for _, _, args in storage:  # the storage nodes stay peers: they hold the segments
+        assert not load_daemon_config(Path(args[-1])).client
+
+
 def test_every_declared_scenario_is_written() -> None:
     topo = load(shipped()["areas"])
     for name, cls in scenarios.SCENARIOS.items():
