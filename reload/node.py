@@ -186,6 +186,11 @@ MAX_QUEUED_PER_PEER = 64
 MAINTENANCE_INTERVAL = 60.0
 #: How long a client waits before attaching again after a failed attempt (ours).
 CLIENT_RETRY = 5.0
+#: A hand-over or replica Store that failed is sent again after this, doubled per attempt
+#: up to TRANSFER_RETRY_MAX (ours: §10.5 step 6 and §10.4 say nothing of failures, but the
+#: data must reach its new holder before anyone may drop it, §10.7.3).
+TRANSFER_RETRY = 2.0
+TRANSFER_RETRY_MAX = 60.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +467,9 @@ class _Request:
     purpose: str
     started: float
     handle: int | None = None
-    target: bytes = b""  # Attach: the Resource-ID attached to
+    target: bytes = b""  # Attach: the Resource-ID attached to; transfer: the receiver
+    transfer: StoreReq | None = None  # hand-over or replica Store (§10.5 step 6, §10.4)
+    attempts: int = 0  # transfers: how many times it was sent before
 
 
 @dataclass(slots=True)
@@ -580,6 +587,16 @@ class ReloadNode:
         self._client_refresh_at: float | None = None
         self._next_handle = 1
         self._maintenance_at = now + MAINTENANCE_INTERVAL
+        #: hand-over and replica Stores (§10.5 step 6, §10.4) not yet answered with a
+        #: StoreAns, by Resource-ID: the peers that have yet to acknowledge. Data in here is
+        #: never dropped (§10.7.3), else a Store lost under delay or refused (the receiver
+        #: did not know us as a peer yet) takes the only copy with it.
+        self._unacked: dict[bytes, set[bytes]] = {}
+        #: failed transfers to send again: (Resource-ID, receiver) -> (due, request, attempts)
+        self._resend: dict[tuple[bytes, bytes], tuple[float, StoreReq, int]] = {}
+        #: the predecessors seen at the last maintenance (§10.7.3: drop only after the
+        #: ring near us stayed unchanged for a whole maintenance period)
+        self._drop_view: tuple[bytes, ...] | None = None
         self._left = False
         self.joined_at: float | None = None
         #: Counters for tests and the simulation.
@@ -749,6 +766,8 @@ class ReloadNode:
             if t is not None:
                 candidates.append(t)
         candidates.extend(q.deadline for q in self._queued.values())
+        if not self.client:
+            candidates.extend(due for due, _, _ in self._resend.values())
         return min(candidates)
 
     def handle_timer(self, now: float) -> None:
@@ -776,6 +795,7 @@ class ReloadNode:
             self._client_timer(now)
             return
         self._run(self.chord.handle_timer(now), now)
+        self._resend_transfers(now)
         self.store_.expire(now)
         if self._maintenance_at <= now:
             self._maintenance_at = now + MAINTENANCE_INTERVAL
@@ -981,6 +1001,8 @@ class ReloadNode:
         *,
         handle: int | None = None,
         target: bytes = b"",
+        transfer: StoreReq | None = None,
+        attempts: int = 0,
     ) -> int:
         transaction_id = self.rng.getrandbits(64)
         while transaction_id in self._requests:
@@ -995,8 +1017,12 @@ class ReloadNode:
                 self._actions.append(
                     RequestDone(handle, None, ErrorCode.REQUEST_TIMEOUT, str(exc).encode())
                 )
+            if transfer is not None:
+                self._transfer_failed(transfer, target, attempts, now)
             return transaction_id
-        self._requests[transaction_id] = _Request(msg, purpose, now, handle, target)
+        self._requests[transaction_id] = _Request(
+            msg, purpose, now, handle, target, transfer, attempts
+        )
         self._route(msg, None, now)
         return transaction_id
 
@@ -1323,8 +1349,73 @@ class ReloadNode:
         elif request.purpose == "join":
             admitting = request.target
             self._run(self.chord.on_join_answer(admitting, not failed, now), now)
-        elif request.purpose == "replica" and failed:
-            self._count("replica_store_failed")
+        elif request.purpose == "replica" and request.transfer is not None:
+            if failed or not isinstance(body, StoreAns):
+                self._count("replica_store_failed")
+                self._transfer_failed(request.transfer, request.target, request.attempts, now)
+            else:
+                self._transfer_done(request.transfer.resource, request.target)
+
+    # --- hand-over and replica transfers (§10.5 step 6, §10.4, §10.7.3) -----------------
+
+    def _transfer(self, req: StoreReq, peer: bytes, now: float, attempts: int = 0) -> None:
+        """Send a hand-over or replica Store to ``peer`` and remember it until its StoreAns:
+        until then this peer keeps the data whatever its range (§10.7.3 allows dropping
+        only what the new holders have)."""
+        self._unacked.setdefault(req.resource, set()).add(peer)
+        self._resend.pop((req.resource, peer), None)
+        self._new_request(
+            req,
+            (NodeDestination(peer),),
+            "replica",
+            now,
+            target=peer,
+            transfer=req,
+            attempts=attempts,
+        )
+
+    def _transfer_done(self, resource: bytes, peer: bytes) -> None:
+        waiting = self._unacked.get(resource)
+        if waiting is not None:
+            waiting.discard(peer)
+            if not waiting:
+                del self._unacked[resource]
+        self._resend.pop((resource, peer), None)
+
+    def _transfer_failed(self, req: StoreReq, peer: bytes, attempts: int, now: float) -> None:
+        """A transfer got an error or no answer (a 64 KiB Store under delay, a receiver still
+        joining that does not know us as a peer yet and answers Error_Forbidden): send it
+        again later, with backoff. The data stays here meanwhile."""
+        delay = min(TRANSFER_RETRY * (2**attempts), TRANSFER_RETRY_MAX)
+        self._resend[(req.resource, peer)] = (now + delay, req, attempts + 1)
+
+    def _resend_transfers(self, now: float) -> None:
+        """Send the failed transfers that are due again. A receiver that left the resource's
+        replica set in our view (§10.4: it left the ring, or nearer peers joined) is owed
+        nothing any more; while we hold data outside our own replica range, the peer now
+        responsible for it in our view gets it instead (§10.5 step 6), so that giving up
+        never leaves the data with nobody."""
+        for key, (due, req, attempts) in sorted(self._resend.items()):
+            if due > now:
+                continue
+            resource, peer = key
+            del self._resend[key]
+            self._transfer_done(resource, peer)
+            table = self.chord.table
+            if not self.chord.joined:
+                continue
+            number = req.replica_number
+            if not (table.is_peer(peer) and table.replica_number(resource, peer) is not None):
+                chain = table.replica_set(resource)
+                if table.in_replica_range(resource) or not chain or not table.is_peer(chain[0]):
+                    continue  # ours to keep (we are a holder), or nobody to give it to
+                peer, number = chain[0], 1
+                attempts = 0
+            kinds = [kd.kind for kd in req.kind_data]
+            fresh = self.store_.export([resource], now, replica_number=number, kinds=kinds)
+            if fresh:
+                self._count("transfers_resent")
+                self._transfer(fresh[0], peer, now, attempts)
 
     # --- serving requests -----------------------------------------------------------------
 
@@ -1490,6 +1581,8 @@ class ReloadNode:
                 return
             result = self.store_.store(body, who, now)
             self._storage_answer(msg, prev, result, now)
+            if isinstance(result, StoreAns) and self.chord.joined:
+                self._pass_on(body, sender, now)
             return
         certs = [c.certificate for c in msg.security_block.certificates]
         signers: dict[int, Identity | None] = {}
@@ -1517,7 +1610,39 @@ class ReloadNode:
                 for req in self.store_.export(
                     [body.resource], now, replica_number=number, kinds=kinds
                 ):
-                    self._new_request(req, (NodeDestination(peer),), "replica", now)
+                    self._transfer(req, peer, now)
+
+    def _pass_on(self, body: StoreReq, sender: bytes, now: float) -> None:
+        """A replica store we accepted after our join completed. Normally it comes from the
+        responsible peer and we are one of its successors (§10.4): nothing to do. Otherwise
+        it is a hand-over (§10.5 step 6) that came late (lost and sent again, or its sender
+        got it late itself) and the peers that should have had it from us did not:
+
+        * we are responsible: our replicas went out at the join without it, so our
+          successors get it now (§10.4);
+        * a peer nearer the Resource-ID joined meanwhile: we admitted it (or learnt of it)
+          before we had the data, so we hand it over now, as step 6 would have.
+
+        Never back to the sender (which has it), so views that briefly disagree do not send
+        the data to and fro."""
+        table = self.chord.table
+        kinds = [kd.kind for kd in body.kind_data]
+        targets: list[tuple[bytes, int]] = []
+        if table.responsible_for(body.resource):
+            successors = table.successors[: self.config.replication - 1]
+            targets = [(peer, n) for n, peer in enumerate(successors, start=1)]
+        else:
+            chain = table.replica_set(body.resource)
+            if chain[:1] == (sender,):
+                return  # from the responsible peer: an ordinary replica
+            if chain and chain[0] != self.node_id and table.is_peer(chain[0]):
+                targets = [(chain[0], 1)]
+        for peer, number in targets:
+            if peer == sender:
+                continue
+            self._count("transfers_passed_on")
+            for req in self.store_.export([body.resource], now, replica_number=number, kinds=kinds):
+                self._transfer(req, peer, now)
 
     # --- CHORD-RELOAD actions ---------------------------------------------------------------
 
@@ -1558,13 +1683,13 @@ class ReloadNode:
                 # §10.5 step 6: the new responsible peer gets the data as a replica store so it
                 # takes our generation counters (reload.storage.DataStore.export)
                 for req in self.store_.export(action.resource_ids, now, replica_number=1):
-                    self._new_request(req, (NodeDestination(action.to),), "replica", now)
+                    self._transfer(req, action.to, now)
             elif isinstance(action, chord.Replicate):
                 mine = [
                     r for r in self.store_.resource_ids() if self.chord.table.responsible_for(r)
                 ]
                 for req in self.store_.export(mine, now, replica_number=action.replica_number):
-                    self._new_request(req, (NodeDestination(action.to),), "replica", now)
+                    self._transfer(req, action.to, now)
             elif isinstance(action, chord.SendLeave):
                 data = wire.encode_chord_leave_data(action.data, self.config.node_id_length)
                 self._new_request(
@@ -1705,7 +1830,17 @@ class ReloadNode:
         if not self.chord.joined:
             return
         table = self.chord.table
-        foreign = [r for r in self.store_.resource_ids() if not table.in_replica_range(r)]
+        view = table.predecessors
+        if view != self._drop_view:
+            # the ring near us changed since the last maintenance: the hand-overs and
+            # replicas it caused may still be on their way; look again next period
+            self._drop_view = view
+            return
+        foreign = [
+            r
+            for r in self.store_.resource_ids()
+            if not table.in_replica_range(r) and not self._unacked.get(r)
+        ]
         if foreign:
             self.store_.drop(foreign)
 

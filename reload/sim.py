@@ -114,6 +114,9 @@ class SimNetwork:
         self._seq = itertools.count()
         self._timer_at: dict[bytes, float] = {}
         self._latency: dict[tuple[bytes, bytes], float] = {}
+        #: Drops the messages it returns True for (src, dst, message): lost messages, for
+        #: tests of what a node does when a request gets no answer (§6.2.1).
+        self.loss: Callable[[bytes, bytes, SendMessage], bool] | None = None
         #: Every RequestDone, by node, for the workload and tests to read.
         self.done: dict[tuple[bytes, int], RequestDone] = {}
         self.dropped: list[tuple[bytes, MessageDropped]] = []
@@ -179,11 +182,12 @@ class SimNetwork:
         self._after(node)
         return node
 
-    def join(self, bootstrap: bytes | None = None) -> ReloadNode:
-        """A new node joins through ``bootstrap`` (a random joined node by default)."""
+    def join(self, bootstrap: bytes | None = None, *, node_id: bytes | None = None) -> ReloadNode:
+        """A new node (``node_id``, random by default) joins through ``bootstrap`` (a random
+        joined node by default)."""
         if bootstrap is None:
             bootstrap = self.random_joined()
-        node = self.add_node()
+        node = self.add_node(node_id)
         node.join(bootstrap, self.now)
         self._after(node)
         return node
@@ -338,6 +342,8 @@ class SimNetwork:
         dst = action.peer_id
         if dst not in self.adj.get(src, ()):
             return  # the link is gone (the node will hear of it)
+        if self.loss is not None and self.loss(src, dst, action):
+            return
         delay = self.latency(src, dst)
 
         def deliver() -> None:
