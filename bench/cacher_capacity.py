@@ -180,7 +180,27 @@ class _PacedSwarm(Swarm):
 
     def pick(self, channel: Channel, want: int) -> list[ChunkRange]:
         limit = self.limit
+        start = self._asked_through() + 1
+        if start > limit:
+            return []  # all held or asked for up to the buffer target: nothing to pick
+        end = min(limit, start + want - 1)
+        if (
+            channel.peer_have.contains_range(start, end)
+            and not self.pending.overlaps(start, end)
+            and not self.content.have.overlaps(start, end)
+        ):
+            return [ChunkRange(start, end)]  # what the in-order picker takes, without its sets
         return [ChunkRange(s, min(e, limit)) for s, e in super().pick(channel, want) if s <= limit]
+
+    def _asked_through(self) -> int:
+        """The last chunk of the run from chunk 0 that is held (pushed) or requested."""
+        have, pending = self.content.have, self.pending
+        x = 0
+        while True:
+            run = have.covering_interval(x) or pending.covering_interval(x)
+            if run is None:
+                return x - 1
+            x = run.end + 1
 
     def chunk_verified(self, chunk: int, source: Channel) -> None:
         super().chunk_verified(chunk, source)

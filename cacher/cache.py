@@ -451,14 +451,26 @@ class CachedSwarm:
 
     # -- reading
 
-    def read_chunk(self, chunk: int) -> bytes:
+    def read_chunk(self, chunk: int, now: float | None = None) -> bytes:
         """A cached chunk's bytes; :class:`KeyError` for one not held (never unverified).
-        Counts as a use of the chunk for the policy (at the cache's latest time)."""
+        Counts as a use of the chunk for the policy, at the cache's latest time or ``now`` if
+        later (one record, the same as recording both: the policy keeps the latest)."""
         if chunk not in self.have:
             raise KeyError(chunk)
-        self.cache.policy.record_access(self.swarm_id, chunk, chunk, self.cache.clock())
-        n = self.chunk_length(chunk)
-        data = os.pread(self._fd, n, self._offset(chunk))
+        cache = self.cache
+        params = self.params
+        when = cache.clock()
+        if now is not None and now > when:
+            when = now
+        cache.policy.record_access(params.swarm_id, chunk, chunk, when)
+        size = self.chunk_size
+        tree = self.tree
+        n = None if tree is None else tree.chunk_length(chunk)
+        if n is None:
+            n = size
+        # chunk_length and _offset, inline: this is the serving path, once per chunk.
+        offset = (chunk % self.window if params.is_live else chunk) * size
+        data = os.pread(self._fd, n, offset)
         if len(data) != n:
             raise CacheError(f"chunk {chunk}: data file is short")
         return data

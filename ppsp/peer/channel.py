@@ -725,7 +725,17 @@ class Channel:
         if now < self.stalled_until:
             return []
         want = self.request_window - self.outstanding_count
-        if want < max(1, self.request_window // 4) or self.peer_have.is_empty():
+        peer_have = self.peer_have
+        if want < max(1, self.request_window // 4) or peer_have.is_empty():
+            return []
+        first, last = peer_have.first, peer_have.last
+        if (
+            first is not None
+            and last is not None
+            and self.swarm.content.have.contains_range(first, last)
+        ):
+            # The peer offers nothing we lack (a seeder's flush, once per ACK): the picker
+            # would find nothing, so do not build its sets.
             return []
         picks = self.swarm.pick(self, want)
         msgs: list[Message] = []

@@ -16,6 +16,8 @@ keeps serving everybody else.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import secrets
 from collections import OrderedDict
@@ -268,7 +270,9 @@ class Swarm:
             if content.position is None:
                 return []
             self.picker.position = content.position
-        others = [c.peer_have for c in self.channels if c is not channel and c.is_open]
+        # Lazily: the picker looks at the other peers' maps only when it has something to
+        # rank (rarest first), not on every flush of a peer that offers nothing new.
+        others = (c.peer_have for c in self.channels if c is not channel and c.is_open)
         picks = self.picker.pick(channel.peer_have, self.content.have, self.pending, want, others)
         n = self.content.num_chunks
         if n is None:
@@ -463,6 +467,15 @@ class Endpoint:
         self.by_peer: dict[tuple[Address, int], Channel] = {}
         self.dirty: set[Channel] = set()
         self.dirty_swarms: set[Swarm] = set()
+        #: Channel timers: a heap of (deadline, tie-break, channel) entries; an entry is live
+        #: while ``_timer_at[channel]`` equals its deadline (older entries are skipped when
+        #: they come up). Channels whose deadline may have moved (they received, sent or ran
+        #: their timer) wait in ``_touched`` until the next look at the timers, so a datagram
+        #: costs O(log channels) there, not a scan of every channel.
+        self._timers: list[tuple[float, int, Channel]] = []
+        self._timer_at: dict[Channel, float] = {}
+        self._touched: set[Channel] = set()
+        self._timer_seq = itertools.count()
         self.events: list[Event] = []
         self.outbox: list[tuple[bytes, Address]] = []
         self.stats_dropped = 0
@@ -514,6 +527,7 @@ class Endpoint:
     def _register(self, ch: Channel) -> None:
         self.channels[ch.local_id] = ch
         ch.swarm.channels.add(ch)
+        self._touched.add(ch)
 
     def channel_established(self, ch: Channel) -> None:
         if ch.remote_id:
@@ -562,6 +576,8 @@ class Endpoint:
             del self.by_peer[(ch.addr, ch.remote_id)]
         ch.swarm.channels.discard(ch)
         self.dirty.discard(ch)
+        self._touched.discard(ch)
+        self._timer_at.pop(ch, None)
         was = ch.handshake_attempts == 0 or ch.remote_id != 0
         self.events.append(ChannelClosed(ch.swarm.swarm_id, ch.addr, ch.local_id, reason, was))
         log.info("channel %08x to %s closed: %s", ch.local_id, ch.addr, reason)
@@ -597,6 +613,7 @@ class Endpoint:
         if ch is None or ch.addr != addr:
             self.stats_dropped += 1  # not a channel of ours with that peer
             return
+        self._touched.add(ch)
         try:
             messages = fastwire.decode_datagram(data, ch.ctx).messages
         except DecodeError as exc:
@@ -695,6 +712,7 @@ class Endpoint:
         if self.dirty:
             dirty = self.dirty
             self.dirty = set()
+            self._touched.update(dirty)
             for ch in dirty:
                 ch.flush(now, out)
         if self.outbox:
@@ -702,12 +720,49 @@ class Endpoint:
             self.outbox = []
         return out
 
+    def _sync_timers(self) -> None:
+        """Queue the current deadline of every channel touched since the last look."""
+        touched = self._touched
+        if touched:
+            timer_at = self._timer_at
+            timers = self._timers
+            channels = self.channels
+            seq = self._timer_seq
+            for ch in touched:
+                if channels.get(ch.local_id) is not ch:
+                    continue  # closed meanwhile
+                when = ch.next_deadline()
+                if timer_at.get(ch) != when:
+                    timer_at[ch] = when
+                    heapq.heappush(timers, (when, next(seq), ch))
+            touched.clear()
+            if len(timers) > 4 * len(timer_at) + 256:
+                # Mostly superseded entries: rebuild from the live ones.
+                self._timers = [(when, next(seq), ch) for ch, when in timer_at.items()]
+                heapq.heapify(self._timers)
+
     def next_timer(self) -> float | None:
         if not self.channels:
             return None
-        return min(ch.next_deadline() for ch in self.channels.values())
+        self._sync_timers()
+        timers = self._timers
+        timer_at = self._timer_at
+        while timers and timer_at.get(timers[0][2]) != timers[0][0]:
+            heapq.heappop(timers)  # superseded or closed
+        return timers[0][0] if timers else None
 
     def handle_timer(self, now: float) -> None:
-        for ch in list(self.channels.values()):
+        self._sync_timers()
+        timers = self._timers
+        timer_at = self._timer_at
+        due: list[Channel] = []
+        while timers and timers[0][0] <= now:
+            when, _, ch = heapq.heappop(timers)
+            if timer_at.get(ch) == when:
+                del timer_at[ch]
+                due.append(ch)
+        touched = self._touched
+        for ch in due:
             if ch.next_deadline() <= now:
                 ch.on_timer(now, self.outbox)
+            touched.add(ch)
