@@ -382,6 +382,7 @@ def _step(
             )  # fmt: skip
             first += count
             children.append(Child(argv, REPO, logs / f"viewers-{n}-{i}.err"))
+            _pin(children[-1].proc.pid, VIEWER_CPUS)
         for child in children:
             line = child.read_line(timeout=duration + STAGGER + 90.0)
             results.append(json.loads(line))
@@ -419,6 +420,21 @@ def _step(
     }
 
 
+#: The cacher gets a core of its own and the viewers share the other (as the tracker benchmark
+#: pins tracker and load generator): the figure is the cacher's, not the machine's contention.
+#: Empty sets (one core) leave scheduling to the kernel.
+CACHER_CPUS: frozenset[int] = frozenset({0}) if (os.cpu_count() or 1) >= 2 else frozenset()
+VIEWER_CPUS: frozenset[int] = (
+    frozenset(range(1, os.cpu_count() or 1)) if (os.cpu_count() or 1) >= 2 else frozenset()
+)
+
+
+def _pin(pid: int, cpus: frozenset[int]) -> None:
+    if cpus:
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setaffinity(pid, cpus)
+
+
 def measure(
     ramp: Sequence[int], duration: float, processes: int = PROCESSES
 ) -> list[dict[str, Any]]:
@@ -432,6 +448,7 @@ def measure(
             "--chunks", str(CHANNEL_CHUNKS),
         )  # fmt: skip
         with spawn(argv, REPO, logs / "cacher.err") as cacher:
+            _pin(cacher.proc.pid, CACHER_CPUS)
             ready = json.loads(cacher.read_line(timeout=120.0))
             for n in ramp:
                 step = _step(cacher, ready["address"], ready["swarms"], n, duration, processes,

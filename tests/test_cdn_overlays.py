@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import random
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -437,8 +438,14 @@ def test_a_corrupted_segment_is_caught_by_verification_and_fetched_from_a_replic
         return reader
 
     with cdn.lab.reporting():
+        # After test 2's kill the ring repairs and data moves (§10.7.3): the faulty node may
+        # need a moment to hold the segments it became responsible for.
+        deadline = time.monotonic() + 45.0
         originals = cdn.loop.run(tamper(), 60)
-        assert originals, "the faulty node is responsible for no segment"
+        while not originals and time.monotonic() < deadline:
+            time.sleep(1.0)
+            originals = cdn.loop.run(tamper(), 60)
+        assert originals, "the faulty node holds no segment it is responsible for"
         # The faulty node really serves the corrupted bytes (the test is not vacuous).
         index = next(iter(originals))
         served = cdn.loop.run(
