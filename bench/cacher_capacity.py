@@ -511,10 +511,10 @@ def report(
         f"processes, startup {STARTUP:g} s, buffer target {AHEAD:g} s ahead; {seconds:.0f} s; "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start (2 cores "
         f"shared with other work)",
-        "The viewers run on the same 2 cores as the cacher: each verified chunk costs a viewer "
-        "about as much CPU as the cacher spends sending it, so the viewer processes (not only "
-        "the cacher) cap the figure; cacher CPU per Mbit/s is the number that carries over "
-        "to a dedicated machine.",
+        "The cacher is pinned to core 0 and the viewer processes to the other core(s): each "
+        "verified chunk costs a viewer about as much CPU as the cacher spends sending it, so "
+        "on 2 cores the viewers' core caps the ramp first; cacher CPU per Mbit/s is the number "
+        "that carries over to a dedicated machine.",
     ]
     for s in steps:
         notes.append(
