@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import toml_values
 from ppsp.tracker.client import parse_tracker_url
 
 Address = tuple[str, int]
@@ -120,42 +121,25 @@ def parse_size(value: object, key: str = "cache_size") -> int:
 
 
 def parse_address(text: str, key: str = "listen") -> Address:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise CacherConfigError(f"{key}: {text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free port."""
+    return toml_values.address(text, key, CacherConfigError)
 
 
 def _str(table: dict[str, Any], key: str) -> str | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise CacherConfigError(f"{key} must be a string")
-    return value
+    return toml_values.string(table, key, CacherConfigError)
 
 
 def _strings(table: dict[str, Any], key: str) -> tuple[str, ...]:
-    value = table.get(key, [])
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CacherConfigError(f"{key} must be a list of strings")
-    return tuple(value)
+    return toml_values.strings(table, key, CacherConfigError)
 
 
 def _number(table: dict[str, Any], key: str, default: float) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CacherConfigError(f"{key} must be a number")
-    return float(value)
+    return toml_values.number(table, key, default, CacherConfigError)
 
 
 def _int(table: dict[str, Any], key: str, default: int) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise CacherConfigError(f"{key} must be an integer")
+    value = toml_values.integer(table, key, default, CacherConfigError)
+    assert value is not None  # a default is given
     return value
 
 

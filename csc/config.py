@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from csc.core import DEFAULT_STARVATION_TIMEOUT
+from lab import toml_values
 from ppsp.tracker.client import parse_tracker_url
 
 Address = tuple[str, int]
@@ -88,44 +89,23 @@ class CscConfig:
 
 def parse_address(text: str, key: str = "listen") -> Address:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free port."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise CscConfigError(f"{key}: {text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    return toml_values.address(text, key, CscConfigError)
 
 
 def _str(table: dict[str, Any], key: str) -> str | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise CscConfigError(f"{key} must be a string")
-    return value
+    return toml_values.string(table, key, CscConfigError)
 
 
 def _strings(table: dict[str, Any], key: str) -> tuple[str, ...]:
-    value = table.get(key, [])
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CscConfigError(f"{key} must be a list of strings")
-    return tuple(value)
+    return toml_values.strings(table, key, CscConfigError)
 
 
 def _number(table: dict[str, Any], key: str, default: float) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CscConfigError(f"{key} must be a number")
-    return float(value)
+    return toml_values.number(table, key, default, CscConfigError)
 
 
 def _int(table: dict[str, Any], key: str) -> int | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise CscConfigError(f"{key} must be an integer")
-    return value
+    return toml_values.integer(table, key, None, CscConfigError)
 
 
 KNOWN_KEYS = frozenset(f.name for f in dataclasses.fields(CscConfig))
