@@ -412,12 +412,7 @@ class FastChannelChange(Scenario):
             if push_head:
                 # The tracker hints the cachers with the channels viewers watch (F4): one
                 # unmeasured viewer per area makes them hot, then the cachers prefetch.
-                first_per_area = {h.area: h for h in run.topology.with_role("csc")}
-                warmups = [
-                    self._zap(run, f"warmup-{h.name}-{phase}", h.name, h.area, 1.0)
-                    for h in first_per_area.values()
-                ]
-                self._wait_viewers(run, warmups, 1.0, f"warm-up ({phase})")
+                self._warm_up(run, phase, 1.0)
                 run.sleep(settle)
             viewers = [
                 self._zap(run, f"csc-{h.name}-{phase}", h.name, h.area, dwell)
@@ -435,6 +430,16 @@ class FastChannelChange(Scenario):
         args += [*run.values.get("csc_args", [])]  # e.g. --tracker URL (node-kill)
         args += ["--listen", f"{run.address(host)}:0", "--json", "zap", *run.values["channels"]]
         return run.start(name, host, [*args, "--dwell", str(dwell)], required=False)
+
+    def _warm_up(self, run: LabRun, phase: str, dwell: float) -> None:
+        """One unmeasured viewer per area watches the channels, so the tracker knows them as
+        hot and hints the cachers, which prefetch their heads (F4); waits until it is done."""
+        first_per_area = {h.area: h for h in run.topology.with_role("csc")}
+        warmups = [
+            self._zap(run, f"warmup-{h.name}-{phase}", h.name, h.area, dwell)
+            for h in first_per_area.values()
+        ]
+        self._wait_viewers(run, warmups, dwell, f"warm-up ({phase})")
 
     def _wait_viewers(self, run: LabRun, viewers: list[Daemon], dwell: float, what: str) -> None:
         timeout = 30.0 + dwell * len(run.values["channels"]) * 3
@@ -699,12 +704,7 @@ class CacherRestart(FastChannelChange):
         phase, push_head = self.phases()[0]
         cachers = self._start_cachers(run, phase, push_head)
         run.sleep(settle)
-        first_per_area = {h.area: h for h in run.topology.with_role("csc")}
-        warmups = [
-            self._zap(run, f"warmup-{h.name}-{phase}", h.name, h.area, 1.0)
-            for h in first_per_area.values()
-        ]
-        self._wait_viewers(run, warmups, 1.0, f"warm-up ({phase})")
+        self._warm_up(run, phase, 1.0)
         run.sleep(settle)
         viewers = [
             self._zap(run, f"csc-{h.name}-{phase}", h.name, h.area, dwell)
@@ -820,12 +820,7 @@ class NodeKill(FastChannelChange):
         victim_index = self.option("kill_storage", 1)
         cachers = self._start_cachers(run, "kill", self.option("push_head", 64))
         run.sleep(settle)
-        first_per_area = {h.area: h for h in run.topology.with_role("csc")}
-        warmups = [
-            self._zap(run, f"warmup-{h.name}-kill", h.name, h.area, 1.0)
-            for h in first_per_area.values()
-        ]
-        self._wait_viewers(run, warmups, 1.0, "warm-up (kill)")
+        self._warm_up(run, "kill", 1.0)
         run.values["overlay_probe"] = [overlay_probe(run, "before the kill", 0)]
         viewers = [
             self._zap(run, f"csc-{h.name}-kill", h.name, h.area, dwell)
@@ -905,13 +900,7 @@ class AreaLocality(FastChannelChange):
         phase, push_head = self.phases()[0]
         cachers = self._start_cachers(run, phase, push_head)
         run.sleep(settle)
-        first_per_area = {h.area: h for h in run.topology.with_role("csc")}
-        warm = self.option("warm_dwell", 2.0)
-        warmups = [
-            self._zap(run, f"warmup-{h.name}-{phase}", h.name, h.area, warm)
-            for h in first_per_area.values()
-        ]
-        self._wait_viewers(run, warmups, warm, f"warm-up ({phase})")
+        self._warm_up(run, phase, self.option("warm_dwell", 2.0))
         run.sleep(settle)
         viewers = [
             self._zap(run, f"csc-{h.name}-{phase}", h.name, h.area, dwell)
