@@ -658,6 +658,23 @@ def test_find_area_hint_overrides_the_peer_area() -> None:
     assert ids(find(t, "me", A))[0] == "cx"
 
 
+def test_find_lists_the_requesters_area_first_among_plain_peers() -> None:
+    t = make(seed=7, max_find_peers=4, area_scan_limit=64)
+    for n in range(30):
+        connect(t, f"far{n}", (A, JOIN, LEECH), area="y")
+    for n in range(3):
+        connect(t, f"near{n}", (A, JOIN, LEECH), area="x")
+    connect(t, "seed", (A, JOIN, SEEDER), area="y")
+    connect(t, "me", (B, JOIN, LEECH), area="x")
+    for _ in range(5):  # whatever the random rotation
+        got = ids(find(t, "me", A))
+        assert got[0] == "seed"  # seeders still come before leechers
+        assert set(got[1:]) == {"near0", "near1", "near2"}
+    # Without an area the list is the plain random sample.
+    connect(t, "nowhere", (B, JOIN, LEECH))
+    assert len(ids(find(t, "nowhere", A))) == 4
+
+
 def test_find_is_deterministic_for_a_seeded_rng_and_spreads_load() -> None:
     lists = []
     for _ in range(2):

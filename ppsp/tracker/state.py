@@ -92,7 +92,8 @@ request either, so requests may share parts (:class:`ppsp.tracker.binary.DecodeM
 
 Peer selection for FIND (§4.1.2 leaves it to the tracker): same-area cachers first, then peers
 holding the requested chunk ranges (most overlapping chunks first), then the others, seeders
-before leechers; never the requester; at most ``min(peer_num.peer_count, max_find_peers)``.
+before leechers and same-area peers first in each; never the requester; at most
+``min(peer_num.peer_count, max_find_peers)``.
 Each group is walked from an offset drawn from the injected :class:`random.Random`, which
 spreads load over the swarm and breaks ties deterministically for a seeded generator. For
 speed the chunk holders examined are at most :attr:`TrackerConfig.find_scan_limit` per FIND
@@ -246,6 +247,9 @@ class TrackerConfig:
     #: swarm: ~15 µs per FIND with one wanted range at 32, ~24 µs at 64). At least
     #: max_find_peers, so a full list of holders is found when there are that many.
     find_scan_limit: int = 32
+    #: Seeders, then leechers, examined per FIND for members of the requester's area, listed
+    #: before the others (locality); bounds that look-up's cost in big swarms.
+    area_scan_limit: int = 512
     #: §4.3 replayed transaction IDs: how long, and how many, responses are kept.
     transaction_window: float = 60.0
     max_transactions: int = 65_536
@@ -306,6 +310,7 @@ class TrackerConfig:
             "max_transaction_swarms",
             "max_join_samples",
             "find_scan_limit",
+            "area_scan_limit",
             "hint_head_chunks",
             "max_outgoing",
         ):
@@ -878,13 +883,26 @@ class Tracker:
                     if len(out) >= k:
                         return out
                     taken.add(peer)
-        # 3. Everybody else, seeders before leechers.
+        # 3. Everybody else, seeders before leechers; in each group the requester's area
+        # first (locality: LiveSky kept 80 % of the traffic inside the ISP), looked for among
+        # at most area_scan_limit members so that a FIND in a huge swarm stays cheap.
         for group_list in (swarm.seeders, swarm.leechers):
             n = len(group_list)
             if not n:
                 continue
             off = rng.randrange(n)
-            for m in group_list[off:] + group_list[:off] if off else group_list:
+            rotated = group_list[off:] + group_list[:off] if off else group_list
+            if area is not None:
+                for m in rotated[: self.config.area_scan_limit]:
+                    peer = m.peer
+                    if peer.area != area or peer in taken:
+                        continue
+                    info = peer.info
+                    out.append(info if info is not None else make_info(peer))
+                    if len(out) >= k:
+                        return out
+                    taken.add(peer)
+            for m in rotated:
                 peer = m.peer
                 if peer in taken:
                     continue
