@@ -630,7 +630,7 @@ class CscClient:
                     peer.role or Role.CSC, Origin.PEER
                 )
                 remote = (
-                    origin is Origin.CACHER
+                    origin is not Origin.SOURCE
                     and self.config.area is not None
                     and peer.area is not None
                     and peer.area != self.config.area

@@ -211,8 +211,9 @@ class PeerCandidate:
     addr: Address
     origin: Origin
     peer_id: str = ""
-    #: A cacher of another area (the tracker's area attribute differs from ours): used only
-    #: when no cacher of our area is named, or when starving — locality, as LiveSky kept
+    #: A cacher or viewer of another area (the tracker's area attribute differs from ours):
+    #: a remote cacher is used only when no cacher of our area is named, a remote viewer only
+    #: when nobody of our area is named; both when starving — locality, as LiveSky kept
     #: traffic inside the ISP.
     remote: bool = False
 
@@ -327,8 +328,10 @@ class _Visit:
     sources: set[Address] = field(default_factory=set)  # the tracker's SOURCE-role peers
     named_peers: bool = False  # a tracker named a cacher or peer of the swarm
     named_cacher: bool = False  # a tracker named a cacher of the swarm
+    named_local: bool = False  # a tracker named a cacher or viewer of our area
     held_back: list[PeerCandidate] = field(default_factory=list)  # peers after the cacher
-    remote_cachers: list[PeerCandidate] = field(default_factory=list)  # other areas' cachers
+    #: Other areas' cachers and viewers held back for a starving moment (locality).
+    remote: list[PeerCandidate] = field(default_factory=list)
     last_peer_chunk: float = 0.0
     rescuing: bool = False
     next_find: float = math.inf
@@ -419,14 +422,19 @@ class CscCore:
         local_cacher = visit.named_cacher or any(
             p.origin is Origin.CACHER and not p.remote for p in peers
         )
+        local_anyone = (
+            local_cacher
+            or visit.named_local
+            or any(not p.remote and p.origin is not Origin.SOURCE for p in peers)
+        )
+        visit.named_local = local_anyone
         for peer in ordered:
-            if peer.origin is Origin.CACHER and peer.remote and local_cacher:
-                # Our area's cacher serves; another area's is kept for a starving moment.
-                if (
-                    peer not in visit.remote_cachers
-                    and len(visit.remote_cachers) < MAX_PEERS_PER_CHANNEL
-                ):
-                    visit.remote_cachers.append(peer)
+            held = local_cacher if peer.origin is Origin.CACHER else local_anyone
+            if peer.remote and held:
+                # Our area serves; another area's cacher or viewer is kept for a starving
+                # moment.
+                if peer not in visit.remote and len(visit.remote) < MAX_PEERS_PER_CHANNEL:
+                    visit.remote.append(peer)
                 continue
             if peer.origin is Origin.SOURCE:
                 # The source is the rescue, not a peer (LiveSky: the CDN serves, the origin
@@ -620,8 +628,8 @@ class CscCore:
                 if last <= since + 1e-9:
                     actions.append(DropPeer(visit.info.name, addr))
             actions.append(FindPeers(visit.info.name))
-            remote, visit.remote_cachers = visit.remote_cachers, []
-            for peer in remote:  # another area's cache before the storage overlay or source
+            remote, visit.remote = visit.remote, []
+            for peer in remote:  # other areas before the storage overlay or the source
                 actions.extend(self._connect(visit, peer, now))
             if self.overlay and not visit.info.live and visit.info.source_user:
                 actions.append(StartRescue(visit.info.name))

@@ -115,6 +115,23 @@ def test_peers_join_at_the_first_frame_from_the_cacher() -> None:
     ]
 
 
+def test_another_areas_viewers_wait_for_starvation_when_ours_are_named() -> None:
+    """Locality for plain peers: with anyone of our area named, viewers of other areas are
+    only the help of a starving moment; named alone, they serve at once."""
+    core = CscCore(startup_seconds=0.1, starvation_timeout=1.0, peer_delay=0.0)
+    core.zap(info("a"), 0.0)
+    near, far = ("10.0.1.2", 1), ("10.0.2.2", 1)
+    named = [PeerCandidate(far, Origin.PEER, remote=True), PeerCandidate(near, Origin.PEER)]
+    assert core.on_peers("a", named, 0.01) == [ConnectPeer("a", near, Origin.PEER)]
+    # A later answer naming only the far viewer still holds it back: ours was named.
+    assert core.on_peers("a", [PeerCandidate(far, Origin.PEER, remote=True)], 0.5) == []
+    rescue = core.handle_timer(1.02)  # the near one delivered nothing for starvation_timeout
+    assert ConnectPeer("a", far, Origin.PEER) in rescue
+    core.zap(info("b"), 2.0)
+    got = core.on_peers("b", [PeerCandidate(far, Origin.PEER, remote=True)], 2.01)
+    assert got == [ConnectPeer("b", far, Origin.PEER)]
+
+
 def test_another_areas_cacher_waits_for_starvation_when_ours_is_named() -> None:
     """Locality: with a cacher of our area named, another area's cacher is neither connected
     nor remembered for later zaps; it is the first help when we starve, before the source.
