@@ -90,6 +90,11 @@ def phase_metrics(
     """Metrics of one phase from its CSC reports (one per CSC process); with ``area_of``
     (IP → area), the share of bytes served inside the viewer's area (:func:`locality`)."""
     delays: list[float] = []
+    # A viewer's first channel is its tune-in: it also registers at the tracker and learns its
+    # area's cacher there (one round trip to the core). The later ones are channel changes,
+    # which go straight to the cacher the viewer knows (F4); the targets are about those.
+    tune_ins: list[float] = []
+    changes: list[float] = []
     handshakes: list[float] = []
     no_first_frame = 0
     stall_events = 0
@@ -100,10 +105,11 @@ def phase_metrics(
     for report in reports:
         channels = report.get("channels", [])
         viewer_stalls = 0
-        for channel in channels:
+        for index, channel in enumerate(channels):
             delay = channel.get("startup_delay")
             if isinstance(delay, int | float):
                 delays.append(float(delay))
+                (changes if index else tune_ins).append(float(delay))
             else:
                 no_first_frame += 1
             handshake = channel.get("handshake_delay")
@@ -138,6 +144,13 @@ def phase_metrics(
         "startup_delay_median": percentile(delays, 0.5),
         "startup_delay_p95": percentile(delays, 0.95),
         "startup_delay_cdf": cdf(delays),
+        "tune_in_delays": sorted(tune_ins),
+        "tune_in_delay_median": percentile(tune_ins, 0.5),
+        "tune_in_delay_p95": percentile(tune_ins, 0.95),
+        "change_delays": sorted(changes),
+        "change_delay_median": percentile(changes, 0.5),
+        "change_delay_p95": percentile(changes, 0.95),
+        "change_delay_cdf": cdf(changes),
         "handshake_delay_median": percentile(handshakes, 0.5),
         "q1": play / (play + stall) if play + stall > 0 else None,
         "q2": 1.0 - stalled_viewers / viewers if viewers else None,
@@ -157,26 +170,32 @@ def aggregate_csc(
     area_of: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Results of a CSC scenario, one :func:`phase_metrics` per phase; with both a ``push`` and
-    a ``no-push`` phase, the p95 speed-up of push."""
+    a ``no-push`` phase, the p95 speed-up of push over the channel changes (over every
+    startup when no viewer changed channel)."""
     data: dict[str, Any] = {
         "scenario": scenario,
         "topology": topology,
         "phases": {name: phase_metrics(reports, area_of) for name, reports in phases.items()},
     }
-    push = data["phases"].get("push", {}).get("startup_delay_p95")
-    plain = data["phases"].get("no-push", {}).get("startup_delay_p95")
+    push = _p95_of_changes(data["phases"].get("push", {}))
+    plain = _p95_of_changes(data["phases"].get("no-push", {}))
     if push and plain:
         data["push_speedup_p95"] = plain / push
     return data
 
 
+def _p95_of_changes(phase: Mapping[str, Any]) -> float | None:
+    value = phase.get("change_delay_p95")
+    return value if value is not None else phase.get("startup_delay_p95")
+
+
 def push_targets(data: Mapping[str, Any], cacher_rtt: Mapping[str, float]) -> dict[str, Any]:
     """Issue 9's fast-channel-change targets against ``data`` (:func:`aggregate_csc`):
-    with push, p95 startup ≤ 1.5 × (RTT to the cacher + first-chunk time), taking the median
-    of that sum over the CSC hosts (``cacher_rtt``); and push ≥ 5× faster at p95."""
+    with push, p95 channel-change startup ≤ 1.5 × (RTT to the cacher + first-chunk time),
+    taking the median of that sum over the CSC hosts (``cacher_rtt``); and push ≥ 5× faster
+    at p95."""
     targets: dict[str, Any] = {}
-    push = data.get("phases", {}).get("push", {})
-    p95 = push.get("startup_delay_p95")
+    p95 = _p95_of_changes(data.get("phases", {}).get("push", {}))
     if cacher_rtt and p95 is not None:
         bound = 1.5 * float(percentile(list(cacher_rtt.values()), 0.5) or 0.0)
         targets["push_p95"] = {"value": p95, "bound": bound, "met": p95 <= bound}
@@ -275,13 +294,17 @@ def plot(out_dir: Path, data: Mapping[str, Any]) -> list[Path]:
     if any(p["startup_delays"] for p in phases.values()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, phase in phases.items():
-            points = phase["startup_delay_cdf"]
-            if points:
-                xs = [p[0] * 1000 for p in points]
-                ys = [p[1] for p in points]
-                ax.step(xs, ys, where="post", label=name)
-        ax.set_xlabel("channel-change startup delay (ms)")
-        ax.set_ylabel("share of channel changes")
+            curves = [("channel changes", phase.get("change_delays") or [], "-")]
+            curves.append(("first tune-ins", phase.get("tune_in_delays") or [], ":"))
+            for what, values, style in curves:
+                points = cdf(values)
+                if points:
+                    xs = [p[0] * 1000 for p in points]
+                    ys = [p[1] for p in points]
+                    ax.step(xs, ys, style, where="post", label=f"{name}: {what}")
+        ax.set_xscale("log")
+        ax.set_xlabel("startup delay (ms, log scale)")
+        ax.set_ylabel("share of startups")
         ax.set_ylim(0, 1.02)
         ax.set_title(f"Startup delay CDF — {data.get('topology', '')}")
         ax.grid(True, alpha=0.3)
@@ -500,26 +523,46 @@ def report_lines(data: Mapping[str, Any], plots: Sequence[str] = ()) -> list[str
     phases: Mapping[str, Any] = data.get("phases", {})
     if phases:
         lines += [
-            "| phase | viewers | changes | no first frame | median startup | p95 startup "
-            "| median first handshake | Q1 | Q2 | stalls |",
+            "| phase | viewers | visits | no first frame | channel change: median / p95 "
+            "| first tune-in: median / p95 | median first handshake | Q1 | Q2 | stalls |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, p in phases.items():
+            change = f"{_ms(p.get('change_delay_median'))} / {_ms(p.get('change_delay_p95'))}"
+            tune_in = f"{_ms(p.get('tune_in_delay_median'))} / {_ms(p.get('tune_in_delay_p95'))}"
             lines.append(
                 f"| {name} | {p['viewers']} | {p['channel_changes']} | {p['no_first_frame']} "
-                f"| {_ms(p['startup_delay_median'])} | {_ms(p['startup_delay_p95'])} "
-                f"| {_ms(p.get('handshake_delay_median'))} | {_ratio(p['q1'])} | {_ratio(p['q2'])} | {p['stall_events']} |"
+                f"| {change} | {tune_in} | {_ms(p.get('handshake_delay_median'))} "
+                f"| {_ratio(p['q1'])} | {_ratio(p['q2'])} | {p['stall_events']} |"
             )
+        lines += [
+            "",
+            "A viewer's first channel is its tune-in: it registers at the tracker and learns its "
+            "area's cacher there, a round trip to the core. Its later channels are channel "
+            "changes, which start at the cacher it knows.",
+        ]
         if "push_speedup_p95" in data:
-            lines += ["", f"Push makes p95 startup {data['push_speedup_p95']:.1f}× faster."]
+            lines += [
+                "",
+                f"Push makes the p95 channel-change startup {data['push_speedup_p95']:.1f}× faster.",
+            ]
         targets = data.get("targets", {})
         if "push_p95" in targets or "push_speedup_p95" in targets:
             lines += ["", "Targets (issue 9):", ""]
             if "push_p95" in targets:
                 t = targets["push_p95"]
                 lines.append(
-                    f"- with push, p95 startup {_ms(t['value'])} ≤ 1.5 × (RTT to the cacher + "
-                    f"first-chunk time) = {_ms(t['bound'])}: {'met' if t['met'] else 'NOT met'}"
+                    f"- with push, p95 channel-change startup {_ms(t['value'])} ≤ 1.5 × (RTT "
+                    f"to the cacher + first-chunk time) = {_ms(t['bound'])}: "
+                    f"{'met' if t['met'] else 'NOT met'}"
+                )
+            measured = data.get("cacher_rtt_measured")
+            if measured:
+                rtt = percentile(list(measured.values()), 0.5)
+                lines.append(
+                    f"  (RTT to the cacher measured with UDP echoes through the link emulation: "
+                    f"median {_ms(rtt)} over {len(measured)} viewer hosts; first-chunk time = "
+                    f"the first frame's chunks at the access link's rate)"
                 )
             if "push_speedup_p95" in targets:
                 t = targets["push_speedup_p95"]

@@ -195,6 +195,9 @@ class LabRun:
     ) -> None:
         self.topology = topology
         self.scenario = scenario
+        # Absolute: generated configurations name each other's files, and a daemon resolves
+        # a relative path against its own configuration file's directory.
+        out_dir = out_dir.absolute()
         self.out_dir = out_dir
         self.config_dir = out_dir / "config"
         self.logs_dir = out_dir / "logs"

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from csc.core import DEFAULT_STARTUP_BYTES
 from lab import metrics
 from lab.topology import Topology, TopologyError
 
@@ -106,24 +107,7 @@ class Connectivity(Scenario):
     description = "UDP echo between every pair of hosts through the link emulation"
 
     def setup(self, run: LabRun) -> None:
-        seconds = self.option("echo_seconds", 120.0)
-        for host in run.topology.hosts:
-            run.start_command(
-                f"echo-{host}",
-                host,
-                [
-                    sys.executable,
-                    "-m",
-                    "lab.scenarios",
-                    "echo-server",
-                    run.address(host),
-                    str(ECHO_PORT),
-                    "--seconds",
-                    str(seconds),
-                ],
-            )
-        for host in run.topology.hosts:
-            run.daemons[f"echo-{host}"].wait_lines(1, timeout=15.0)
+        start_echo_servers(run, list(run.topology.hosts), self.option("echo_seconds", 120.0))
 
     def run(self, run: LabRun) -> None:
         count = self.option("probes", 5)
@@ -134,17 +118,8 @@ class Connectivity(Scenario):
                 run.start_command(
                     f"probe-{host}",
                     host,
-                    [
-                        sys.executable,
-                        "-m",
-                        "lab.scenarios",
-                        "echo-client",
-                        "--port",
-                        str(ECHO_PORT),
-                        "--count",
-                        str(count),
-                        *targets,
-                    ],
+                    lab_command("echo-client", "--port", str(ECHO_PORT), "--count", str(count))
+                    + targets,
                     required=False,
                 )
             )
@@ -414,16 +389,57 @@ class FastChannelChange(Scenario):
                 # unmeasured viewer per area makes them hot, then the cachers prefetch.
                 self._warm_up(run, phase, 1.0)
                 run.sleep(settle)
-            viewers = [
-                self._zap(run, f"csc-{h.name}-{phase}", h.name, h.area, dwell)
-                for h in run.topology.with_role("csc")
-            ]
+            if push_head and "cacher_rtt" not in run.values:
+                run.values["cacher_rtt"] = self._measure_cacher_rtt(run)
+            hosts = run.topology.with_role("csc")
+            # Independent viewers zap at independent moments: spread over one dwell, viewer k
+            # of n starts k/n of a dwell after the first. Zapping in the same millisecond
+            # would measure the CPU queue of a whole lab on one machine, not the network.
+            spread = dwell if self.option("stagger", True) else 0.0
+            started = time.monotonic()
+            viewers = []
+            for k, h in enumerate(hosts):
+                run.sleep(max(0.0, started + spread * k / len(hosts) - time.monotonic()))
+                viewers.append(self._zap(run, f"csc-{h.name}-{phase}", h.name, h.area, dwell))
             run.sleep(min(1.0, dwell / 2))
             # Every daemon binds its host's lab address, never another (issue 9).
             run.values.setdefault("bound_elsewhere", {}).update(run.bound_elsewhere())
             self._wait_viewers(run, viewers, dwell, f"zapping ({phase})")
             for cacher in cachers:  # the next phase starts with fresh cachers
                 cacher.stop()
+
+    def _measure_cacher_rtt(self, run: LabRun) -> dict[str, float]:
+        """The median RTT from each CSC host to its area's cacher host, measured with UDP
+        echoes through the link emulator as the daemons send (the RTT of the targets)."""
+        pairs = {
+            csc.name: cacher.name
+            for csc in run.topology.with_role("csc")
+            for cacher in run.topology.with_role("cacher")
+            if cacher.area == csc.area
+        }
+        servers = start_echo_servers(run, sorted(set(pairs.values())), 60.0)
+        count = str(self.option("rtt_probes", 20))
+        probes = {
+            csc: run.start_command(
+                f"rtt-{csc}",
+                csc,
+                lab_command(
+                    "echo-client", run.address(cacher), "--port", f"{ECHO_PORT}", "-c", count
+                ),
+                required=False,
+            )
+            for csc, cacher in pairs.items()
+        }
+        run.wait_for(list(probes.values()), timeout=60.0, what="measuring the RTT to the cachers")
+        for server in servers:
+            server.stop()
+        measured: dict[str, float] = {}
+        for csc, probe in probes.items():
+            for line in probe.stdout_lines():
+                record = _json_line(line)
+                if record is not None and record.get("rtt_median") is not None:
+                    measured[csc] = float(record["rtt_median"])
+        return measured
 
     def _zap(self, run: LabRun, name: str, host: str, area: str, dwell: float) -> Daemon:
         args = ["csc", "--portal", run.values["portal"], "--area", area]
@@ -451,7 +467,9 @@ class FastChannelChange(Scenario):
     def collect(self, run: LabRun, outputs: Mapping[str, list[str]]) -> dict[str, Any]:
         phases = {phase: csc_reports(run.topology, outputs, phase) for phase, _ in self.phases()}
         data = metrics.aggregate_csc(self.name, run.topology.name, phases, area_of(run.topology))
-        data["targets"] = metrics.push_targets(data, cacher_rtt(run.topology))
+        measured = run.values.get("cacher_rtt")
+        data["cacher_rtt_measured"] = measured
+        data["targets"] = metrics.push_targets(data, cacher_rtt(run.topology, measured))
         data["bound_elsewhere"] = run.values.get("bound_elsewhere", {})
         data["netem"] = run.values.get("netem")
         data["tracker_messages"] = metrics.tracker_messages(tracker_stats(run))
@@ -505,9 +523,15 @@ def csc_reports(
     return reports
 
 
-def cacher_rtt(topology: Topology) -> dict[str, float]:
-    """Per CSC host with a cacher in its area: the RTT to that cacher and the time to send one
-    1 KiB chunk (with its headers) at the path's rate, the issue's "first-chunk time"."""
+def cacher_rtt(
+    topology: Topology,
+    measured: Mapping[str, float] | None = None,
+    chunks: int = DEFAULT_STARTUP_BYTES // 1024,
+) -> dict[str, float]:
+    """Per CSC host with a cacher in its area: the RTT to that cacher (``measured`` where
+    given, else the topology's delays) plus the time to send the ``chunks`` 1 KiB chunks of
+    the first frame (the CSC's default startup threshold, with headers) at the path's rate:
+    the issue's "RTT to the cacher + first-chunk time"."""
     out: dict[str, float] = {}
     for csc in topology.with_role("csc"):
         cachers = [h for h in topology.with_role("cacher") if h.area == csc.area]
@@ -515,8 +539,9 @@ def cacher_rtt(topology: Topology) -> dict[str, float]:
             continue
         there = topology.path(csc.name, cachers[0].name)
         back = topology.path(cachers[0].name, csc.name)
-        chunk = (1024 + 64) * 8 / there.rate if there.rate else 0.0
-        out[csc.name] = there.delay + back.delay + chunk
+        first_frame = chunks * (1024 + 64) * 8 / back.rate if back.rate else 0.0
+        rtt = (measured or {}).get(csc.name, there.delay + back.delay)
+        out[csc.name] = rtt + first_frame
     return out
 
 
@@ -947,15 +972,7 @@ def overlay_probe(run: LabRun, when: str, serial: int) -> dict[str, Any]:
     probe = run.start_command(
         f"probe-overlay-{serial}",
         host,
-        [
-            sys.executable,
-            "-m",
-            "lab.scenarios",
-            "overlay-probe",
-            str(toml),
-            SOURCE_USER,
-            *run.values["channels"],
-        ],
+        lab_command("overlay-probe", str(toml), SOURCE_USER, *run.values["channels"]),
         required=False,
     )
     run.wait_for([probe], timeout=90.0, what=f"overlay probe ({when})")
@@ -1040,6 +1057,29 @@ def _json_line(line: str) -> dict[str, Any] | None:
 
 
 # -- the echo probes (run inside the namespaces) --------------------------------------------------
+
+
+def lab_command(*args: str) -> list[str]:
+    """The command line of this module's ``main`` with ``args``, run on a lab host."""
+    return [sys.executable, "-m", "lab.scenarios", *args]
+
+
+def start_echo_servers(run: LabRun, hosts: list[str], seconds: float) -> list[Daemon]:
+    """An echo server (:func:`echo_server`) on each of ``hosts``, up for ``seconds``; waits
+    until each is ready."""
+    servers = [
+        run.start_command(
+            f"echo-{host}",
+            host,
+            lab_command(
+                "echo-server", run.address(host), str(ECHO_PORT), "--seconds", str(seconds)
+            ),
+        )
+        for host in hosts
+    ]
+    for server in servers:
+        server.wait_lines(1, timeout=15.0)
+    return servers
 
 
 def echo_server(address: str, port: int, seconds: float) -> int:
@@ -1128,7 +1168,7 @@ def main(argv: list[str] | None = None) -> int:
     client = actions.add_parser("echo-client")
     client.add_argument("targets", nargs="+")
     client.add_argument("--port", type=int, default=ECHO_PORT)
-    client.add_argument("--count", type=int, default=5)
+    client.add_argument("-c", "--count", type=int, default=5)
     probe = actions.add_parser("overlay-probe")
     probe.add_argument("daemon_toml")
     probe.add_argument("user")

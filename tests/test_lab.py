@@ -238,21 +238,35 @@ def test_metrics_aggregate_and_report(tmp_path: Path) -> None:
     assert push["q2"] == pytest.approx(0.5)
     assert push["bytes_share"]["cacher"] == pytest.approx(0.8)
     assert push["startup_delay_cdf"][-1] == (0.03, 1.0)
-    assert data["push_speedup_p95"] == pytest.approx(0.295 / 0.029)
+    # The first channel of each viewer is its tune-in; the targets are about the changes.
+    assert push["tune_in_delays"] == [0.01, 0.03] and push["change_delays"] == [0.02]
+    assert data["phases"]["no-push"]["change_delay_p95"] == pytest.approx(0.3)
+    assert data["push_speedup_p95"] == pytest.approx(0.3 / 0.02)
     assert metrics.sanity_problems(data) == []
     data["targets"] = metrics.push_targets(data, {"csc-a": 0.010, "csc-b": 0.030, "c": 0.02})
     assert data["targets"]["push_p95"]["bound"] == pytest.approx(0.030)
-    assert data["targets"]["push_p95"]["met"] is True  # p95 0.029 s
+    assert data["targets"]["push_p95"]["value"] == pytest.approx(0.02)
+    assert data["targets"]["push_p95"]["met"] is True
     assert data["targets"]["push_speedup_p95"]["met"] is True
     paths = metrics.write_outputs(tmp_path, data)
     names = {p.name for p in paths}
     assert {"report.md", "results.json", "startup_delay_cdf.png", "bytes_by_origin.png"} <= names
     assert (tmp_path / "startup_delay_cdf.png").read_bytes()[:4] == b"\x89PNG"
     text = (tmp_path / "report.md").read_text()
-    assert "| push | 2 | 4 | 1 |" in text and "10.2× faster" in text
+    assert "| push | 2 | 4 | 1 | 20.0 ms / 20.0 ms | 20.0 ms / 29.0 ms |" in text
+    assert "15.0× faster" in text
     assert "= 30.0 ms: met" in text
     broken = metrics.aggregate_csc("x", "t", {"push": []})
     assert metrics.sanity_problems(broken) == ["push: no CSC report"]
+
+
+def test_push_bound_uses_measured_rtt_and_first_frame() -> None:
+    topo = load(shipped()["areas"])
+    first_frame = 8 * (1024 + 64) * 8 / 50e6  # 8 chunks at the viewer's 50 Mbit/s link
+    bounds = scenarios.cacher_rtt(topo, {"csc-a1": 0.0113})
+    assert bounds["csc-a1"] == pytest.approx(0.0113 + first_frame)
+    assert bounds["csc-b2"] == pytest.approx(0.010 + first_frame)  # the topology's 5 + 5 ms
+    assert set(bounds) == {h.name for h in topo.with_role("csc")}
 
 
 def test_locality_and_tracker_messages(tmp_path: Path) -> None:
@@ -365,6 +379,19 @@ def test_cachers_join_the_storage_overlay_as_clients(tmp_path: Path) -> None:
         assert config.listen[0] == run.address(host.name)
     for _, _, args in storage:  # the storage nodes stay peers: they hold the segments
         assert not load_daemon_config(Path(args[-1])).client
+
+
+def test_relative_out_dir_gives_absolute_config_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `lab run ... --out lab-out/x` wrote the storage overlay's daemon.toml into cacher.toml
+    # as a relative path, which the cacher resolved against cacher.toml's own directory:
+    # every cacher died at start.
+    monkeypatch.chdir(tmp_path)
+    run = LabRun(load(shipped()["ci6"]), scenarios.get("fast-channel-change", {}), Path("out"))
+    assert run.out_dir == tmp_path / "out"
+    assert run.config_dir.is_absolute() and run.logs_dir.is_absolute()
+    assert run.host_dir("core").is_absolute()
 
 
 def test_every_declared_scenario_is_written() -> None:
