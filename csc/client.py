@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -384,8 +385,13 @@ class CscClient:
     def finish(self) -> dict[str, Any]:
         """End the session: the summary (:meth:`CscCore.summary`), with ``peer_id`` and
         ``area``."""
-        self.core.leave(asyncio.get_running_loop().time())
+        loop_time = asyncio.get_running_loop().time()
+        self.core.leave(loop_time)
         summary = self.core.summary()
+        # Wall-clock zap times, so that a lab can line up the visits of many viewers.
+        offset = time.time() - loop_time
+        for channel, visit in zip(summary["channels"], self.core.visits, strict=True):
+            channel["zap_unix"] = round(visit.report.zap_time + offset, 3)
         summary["peer_id"] = self.peer_id
         summary["area"] = self.config.area
         summary["overlay_hops"] = list(self.overlay_hops)

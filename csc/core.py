@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from csc.playback import FirstFrame, PlaybackSession, PlaybackState, q1, q2
+from csc.playback import FirstFrame, PlaybackSession, PlaybackState, Resumed, Stalled, q1, q2
 from ppsp.peer.ranges import ChunkSet
 
 __all__ = [
@@ -78,6 +78,8 @@ DEFAULT_PEER_DELAY: Final = 0.25
 #: Bound on remembered cachers and on peers per channel (hostile tracker answers).
 MAX_KNOWN_CACHERS: Final = 16
 MAX_PEERS_PER_CHANNEL: Final = 64
+#: Stall events kept per channel visit in its report.
+MAX_STALLS_REPORTED: Final = 100
 
 
 class ChannelError(ValueError):
@@ -280,6 +282,9 @@ class ChannelReport:
     rescues: int = 0
     #: Bytes per serving peer and the origin it was accounted as (None: the storage overlay).
     by_peer: dict[tuple[Address | None, Origin], int] = field(default_factory=dict)
+    #: When playback stalled (seconds after the zap) and for how long; the first
+    #: MAX_STALLS_REPORTED of them: what a lab lines up across viewers.
+    stall_events: list[tuple[float, float | None]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -297,6 +302,10 @@ class ChannelReport:
             "dropped": list(self.dropped),
             "rescues": self.rescues,
             "bytes_by_peer": _by_peer_json(self.by_peer),
+            "stall_events": [
+                [round(at, 3), None if length is None else round(length, 3)]
+                for at, length in self.stall_events
+            ],
         }
 
 
@@ -746,8 +755,15 @@ class CscCore:
 
     def _pop_events(self, visit: _Visit) -> None:
         for event in visit.playback.pop_events():
+            report = visit.report
             if isinstance(event, FirstFrame):
-                visit.report.startup_delay = event.startup_delay
+                report.startup_delay = event.startup_delay
+            elif isinstance(event, Stalled) and len(report.stall_events) < MAX_STALLS_REPORTED:
+                report.stall_events.append((event.at - report.zap_time, None))
+            elif isinstance(event, Resumed) and report.stall_events:
+                at, length = report.stall_events[-1]
+                if length is None:
+                    report.stall_events[-1] = (at, event.stall_time)
 
     def _settle(self, visit: _Visit) -> None:
         (record,) = visit.playback.records

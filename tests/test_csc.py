@@ -14,6 +14,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,22 @@ def test_verified_chunks_play_bytes_by_origin_and_startup_delay() -> None:
     summary = core.summary()
     assert summary["q1"] == 1.0 and summary["q2"] == 1.0
     assert summary["bytes"]["overlay"] == 2 * CHUNK
+
+
+def test_stall_events_are_reported_with_their_time_and_length() -> None:
+    core = CscCore(startup_seconds=0.016)  # two chunks (8 ms each) at 1 Mbit/s
+    core.zap(info("a", chunks=8), 10.0)
+    cacher = ("10.0.0.1", 1)
+    core.on_peers("a", [PeerCandidate(cacher, Origin.CACHER)], 10.0)
+    core.on_chunk("a", 0, cacher, 10.01)
+    core.on_chunk("a", 1, cacher, 10.02)  # first frame; 16 ms of media
+    core.handle_timer(10.1)  # ran dry at 10.036
+    core.on_chunk("a", 2, cacher, 10.2)
+    core.on_chunk("a", 3, cacher, 10.2)  # rebuffered: resumes
+    core.handle_timer(10.21)
+    (channel,) = core.summary()["channels"]
+    assert channel["stalls"] == 1
+    assert channel["stall_events"] == [[0.036, 0.164]]
 
 
 def test_starvation_starts_a_rescue_and_peers_end_it() -> None:
@@ -463,6 +480,7 @@ def test_watch_a_vod_channel_from_the_cacher() -> None:
             cacher = await start_seeder([(data, tree)], push_head=16)
             await the_lab.register(cacher, [tree], Role.CACHER, "cacher-1")
             await the_lab.publish("film", tree, bitrate_kbit=1000)  # ~0.8 s of media
+            before = time.time()
             csc = CscClient(csc_config(the_lab), keep_content=True)
             try:
                 await csc.start()
@@ -479,7 +497,8 @@ def test_watch_a_vod_channel_from_the_cacher() -> None:
                 cacher.close()
             (ch,) = summary["channels"]
             assert ch["startup_delay"] is not None and 0 < ch["startup_delay"] < 2.0
-            assert ch["ended"] and ch["stalls"] == 0
+            assert before <= ch["zap_unix"] <= time.time()  # wall clock, for a lab's timeline
+            assert ch["ended"] and ch["stalls"] == 0 and ch["stall_events"] == []
             assert summary["q1"] == 1.0 and summary["q2"] == 1.0
             assert summary["bytes"] == {"cacher": len(data), "peer": 0, "overlay": 0, "source": 0}
             assert csc.content_of("film") == data  # every chunk played is the original
