@@ -13,6 +13,7 @@ The file (``docs/cacher.md`` is the reference; paths are relative to the file)::
     channels = ["source@lab/movie"]          # channels known from the start (optional)
     portal = "http://127.0.0.1:8080"         # portal for swarm ID → channel (optional)
     push_head = 64                           # head chunks pushed after the handshake (F4)
+    follow_hints = true                      # prefetch what the tracker's push hints name
     readahead = 1                            # segments fetched after the one that missed
     peer_id = "cacher-east-1"                # default: generated once, kept in cache_dir
     keepalive = 20.0                         # seconds between STAT_REPORTs at most
@@ -65,6 +66,9 @@ class CacherConfig:
     channels: tuple[str, ...] = ()
     portal: str | None = None
     push_head: int = DEFAULT_PUSH_HEAD
+    #: Act on the tracker's push hints (F4: prefetch hinted VoD heads, follow hinted live
+    #: channels); false: a plain cache that fills on misses only.
+    follow_hints: bool = True
     readahead: int = 1
     peer_id: str | None = None
     keepalive: float = 20.0
@@ -160,9 +164,6 @@ def config_from_table(table: dict[str, Any], base: Path = Path()) -> CacherConfi
     level = (_str(table, "log_level") or "info").lower()
     if level not in LOG_LEVELS:
         raise CacherConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-    fsync = table.get("fsync", True)
-    if not isinstance(fsync, bool):
-        raise CacherConfigError("fsync must be true or false")
     return CacherConfig(
         tracker=tracker,
         area=_str(table, "area"),
@@ -178,7 +179,8 @@ def config_from_table(table: dict[str, Any], base: Path = Path()) -> CacherConfi
         peer_id=_str(table, "peer_id"),
         keepalive=_number(table, "keepalive", 20.0),
         report_delay=_number(table, "report_delay", 0.2),
-        fsync=fsync,
+        fsync=toml_values.boolean(table, "fsync", True, CacherConfigError),
+        follow_hints=toml_values.boolean(table, "follow_hints", True, CacherConfigError),
         log_level=LOG_LEVELS[level],
     )
 

@@ -646,6 +646,11 @@ class Cacher:
             ]
             if not hints:
                 return
+            if not self.config.follow_hints:
+                # A plain cache (follow_hints = false): what the tracker hints is not
+                # prefetched; misses still fill from the storage overlay.
+                log.debug("push hints ignored (follow_hints = false)")
+                return
             self.policy.on_push_hints(hints, now)
             log.info(
                 "push hints: %s",

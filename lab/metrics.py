@@ -178,10 +178,28 @@ def aggregate_csc(
         "phases": {name: phase_metrics(reports, area_of) for name, reports in phases.items()},
     }
     push = _p95_of_changes(data["phases"].get("push", {}))
-    plain = _p95_of_changes(data["phases"].get("no-push", {}))
-    if push and plain:
-        data["push_speedup_p95"] = plain / push
+    speedups = {}
+    for name, phase in data["phases"].items():
+        other = _p95_of_changes(phase)
+        if name != "push" and push and other:
+            speedups[name] = other / push
+    if speedups:
+        # The issue's "without push" is the CDN without F4 (no hints, no prefetch, no push)
+        # where that phase ran; else the cacher that prefetches but does not push.
+        baseline = PUSH_BASELINE if PUSH_BASELINE in speedups else next(iter(speedups))
+        data["push_speedups_p95"] = speedups
+        data["push_baseline"] = baseline
+        data["push_speedup_p95"] = speedups[baseline]
     return data
+
+
+#: The phase push is compared with for the issue's "≥ 5× faster than without push".
+PUSH_BASELINE: Final = "no-hints"
+#: What each comparison phase of the fast-channel-change scenario is, for the report.
+PHASE_MEANINGS: Final = {
+    "no-push": "cachers prefetch the hinted heads but do not push them",
+    "no-hints": "cachers ignore push hints: a plain cache filling on misses (the CDN without F4)",
+}
 
 
 def _p95_of_changes(phase: Mapping[str, Any]) -> float | None:
@@ -542,10 +560,10 @@ def report_lines(data: Mapping[str, Any], plots: Sequence[str] = ()) -> list[str
             "changes, which start at the cacher it knows.",
         ]
         if "push_speedup_p95" in data:
-            lines += [
-                "",
-                f"Push makes the p95 channel-change startup {data['push_speedup_p95']:.1f}× faster.",
-            ]
+            lines += ["", "Push makes the p95 channel-change startup faster than:"]
+            for name, ratio in data.get("push_speedups_p95", {}).items():
+                meaning = PHASE_MEANINGS.get(name, name)
+                lines.append(f"- {name} ({meaning}): {ratio:.1f}×")
         targets = data.get("targets", {})
         if "push_p95" in targets or "push_speedup_p95" in targets:
             lines += ["", "Targets (issue 9):", ""]
@@ -567,8 +585,8 @@ def report_lines(data: Mapping[str, Any], plots: Sequence[str] = ()) -> list[str
             if "push_speedup_p95" in targets:
                 t = targets["push_speedup_p95"]
                 lines.append(
-                    f"- push ≥ 5× faster than without at p95: {t['value']:.1f}×, "
-                    f"{'met' if t['met'] else 'NOT met'}"
+                    f"- push ≥ 5× faster than without ({data.get('push_baseline', 'no-push')}) "
+                    f"at p95: {t['value']:.1f}×, {'met' if t['met'] else 'NOT met'}"
                 )
         lines += [
             "",

@@ -175,9 +175,14 @@ class FastChannelChange(Scenario):
     )
     roles = frozenset({"tracker", "portal", "source", "storage", "cacher", "csc"})
 
+    #: Phases whose cachers ignore the tracker's push hints (``follow_hints = false``): the
+    #: CDN without F4, cachers filling on misses only.
+    PLAIN_CACHE_PHASES: ClassVar[frozenset[str]] = frozenset({"no-hints"})
+
     def phases(self) -> list[tuple[str, int]]:
-        """(phase name, cacher push_head) in run order."""
-        phases = [("push", self.option("push_head", 64)), ("no-push", 0)]
+        """(phase name, cacher push_head) in run order: F4 whole (hints, prefetch, push);
+        hints and prefetch without the push; neither (a plain cache)."""
+        phases = [("push", self.option("push_head", 64)), ("no-push", 0), ("no-hints", 0)]
         only = self.options.get("phase")
         return [p for p in phases if only in (None, p[0])]
 
@@ -369,6 +374,7 @@ class FastChannelChange(Scenario):
                 f"sources = [{json.dumps(SOURCE_USER)}]\n"
                 f"portal = {json.dumps(run.values['portal'])}\n"
                 f"push_head = {push_head}\n"
+                f"follow_hints = {str(phase not in self.PLAIN_CACHE_PHASES).lower()}\n"
             )
             cacher = run.start(
                 f"cacher-{host.name}-{phase}", host.name, ["cacher", "--config", str(config)]
@@ -384,7 +390,7 @@ class FastChannelChange(Scenario):
         for phase, push_head in self.phases():
             cachers = self._start_cachers(run, phase, push_head)
             run.sleep(settle)
-            if push_head:
+            if phase not in self.PLAIN_CACHE_PHASES:
                 # The tracker hints the cachers with the channels viewers watch (F4): one
                 # unmeasured viewer per area makes them hot, then the cachers prefetch.
                 self._warm_up(run, phase, 1.0)

@@ -54,3 +54,11 @@ def integer(
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(f"{key} must be an integer")
     return value
+
+
+def boolean(table: dict[str, Any], key: str, default: bool, error: type[Exception]) -> bool:
+    """``table[key]`` as a boolean, ``default`` when absent."""
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise error(f"{key} must be true or false")
+    return value

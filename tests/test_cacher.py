@@ -707,3 +707,21 @@ def test_config_file_flags_and_errors(tmp_path: Path) -> None:
         timeout=30,
     )
     assert usage.returncode == 2 and "push_head" in usage.stderr
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_follow_hints_false_makes_a_plain_cache(tmp_path: Path, follow: bool) -> None:
+    # follow_hints = false (the lab's "no push hints" phase): hints change nothing.
+    table = {"tracker": "ppsp-udp://127.0.0.1:1", "push_head": 0, "follow_hints": follow}
+    config = config_from_table(table, tmp_path).check()
+
+    async def hint() -> Cacher:
+        cacher = Cacher(config)
+        cacher._on_push(PushHintMessage("1", [PushHint("ab" * 32, 0, 63)]))
+        return cacher
+
+    cacher = asyncio.run(hint())
+    assert cacher.stats["push_hints"] == 1
+    assert bool(cacher.policy.heat) is follow
+    with pytest.raises(CacherConfigError, match="follow_hints must be true or false"):
+        config_from_table({**table, "follow_hints": "no"}, tmp_path)

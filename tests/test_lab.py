@@ -229,6 +229,7 @@ def test_metrics_aggregate_and_report(tmp_path: Path) -> None:
         {
             "push": [report([0.01, 0.02], 0, "a"), report([0.03, None], 1, "b")],
             "no-push": [report([0.2, 0.3], 0, "a")],
+            "no-hints": [report([0.5, 0.6], 0, "a")],
         },
     )
     push = data["phases"]["push"]
@@ -241,7 +242,13 @@ def test_metrics_aggregate_and_report(tmp_path: Path) -> None:
     # The first channel of each viewer is its tune-in; the targets are about the changes.
     assert push["tune_in_delays"] == [0.01, 0.03] and push["change_delays"] == [0.02]
     assert data["phases"]["no-push"]["change_delay_p95"] == pytest.approx(0.3)
-    assert data["push_speedup_p95"] == pytest.approx(0.3 / 0.02)
+    assert data["push_speedups_p95"] == {
+        "no-push": pytest.approx(0.3 / 0.02),
+        "no-hints": pytest.approx(0.6 / 0.02),
+    }
+    # "Without push" is the CDN without F4 when that phase ran.
+    assert data["push_baseline"] == "no-hints"
+    assert data["push_speedup_p95"] == pytest.approx(0.6 / 0.02)
     assert metrics.sanity_problems(data) == []
     data["targets"] = metrics.push_targets(data, {"csc-a": 0.010, "csc-b": 0.030, "c": 0.02})
     assert data["targets"]["push_p95"]["bound"] == pytest.approx(0.030)
@@ -254,7 +261,8 @@ def test_metrics_aggregate_and_report(tmp_path: Path) -> None:
     assert (tmp_path / "startup_delay_cdf.png").read_bytes()[:4] == b"\x89PNG"
     text = (tmp_path / "report.md").read_text()
     assert "| push | 2 | 4 | 1 | 20.0 ms / 20.0 ms | 20.0 ms / 29.0 ms |" in text
-    assert "15.0× faster" in text
+    assert "- no-push (cachers prefetch the hinted heads but do not push them): 15.0×" in text
+    assert "than without (no-hints) at p95: 30.0×, met" in text
     assert "= 30.0 ms: met" in text
     broken = metrics.aggregate_csc("x", "t", {"push": []})
     assert metrics.sanity_problems(broken) == ["push: no CSC report"]
@@ -694,7 +702,7 @@ def test_ci6_fast_channel_change_end_to_end(tmp_path: Path) -> None:
     assert result.ok, f"{result.error}; logs in {tmp_path / 'logs'}"
     assert elapsed <= 180
     data = result.metrics
-    assert set(data["phases"]) == {"push", "no-push"}
+    assert set(data["phases"]) == {"push", "no-push", "no-hints"}
     assert metrics.sanity_problems(data) == []
     for phase in data["phases"].values():
         assert phase["viewers"] == len(topo.with_role("csc"))
