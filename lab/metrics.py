@@ -601,6 +601,15 @@ def report_lines(data: Mapping[str, Any], plots: Sequence[str] = ()) -> list[str
                 for o in ORIGINS
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    machine = data.get("machine") or {}
+    if machine.get("samples"):
+        lines += [
+            "",
+            f"Machine during the run (every lab host shares its {machine['cores']} cores): CPU "
+            f"busy {machine['cpu_busy_mean'] * 100:.0f} % on average, "
+            f"{machine['cpu_busy_p90'] * 100:.0f} % at the 90th percentile of "
+            f"{machine['samples']} samples; load average up to {machine['load1_max']:.1f}.",
+        ]
     lines += _detail_lines(data)
     if "killed" in data:
         lines += [

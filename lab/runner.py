@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -352,7 +353,9 @@ class LabRun:
                 try:
                     self._setup()
                     self.progress(f"scenario {self.scenario.name}: running")
-                    self.scenario.run(self)
+                    with MachineLoad() as load:
+                        self.scenario.run(self)
+                    self.values["machine"] = load.summary()
                     self._stop_daemons()
                     result.status = "ok"
                 except KeyboardInterrupt:
@@ -426,6 +429,7 @@ class LabRun:
 
         outputs = {name: d.stdout_lines() for name, d in self.daemons.items()}
         data = self.scenario.collect(self, outputs)
+        data.setdefault("machine", self.values.get("machine"))
         metrics.write_outputs(self.out_dir, data)
         return data
 
@@ -450,6 +454,58 @@ class LabRun:
         }
         with contextlib.suppress(OSError):
             (self.out_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+class MachineLoad:
+    """The machine's CPU use while a scenario runs (every host shares this machine's cores,
+    so a saturated CPU shows as stalls and late chunks that no network caused): samples of
+    /proc/stat's busy share every ``interval`` seconds, in a thread."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.interval = interval
+        self.busy: list[float] = []
+        self.load1: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="machine-load", daemon=True)
+
+    def __enter__(self) -> MachineLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    @staticmethod
+    def _cpu_times() -> tuple[int, int] | None:
+        """(busy, total) jiffies of all CPUs, None where /proc/stat is unreadable."""
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    def _sample(self) -> None:
+        last = self._cpu_times()
+        while not self._stop.wait(self.interval):  # until __exit__
+            now = self._cpu_times()
+            if now is not None and last is not None and now[1] > last[1]:
+                self.busy.append((now[0] - last[0]) / (now[1] - last[1]))
+            last = now
+            with contextlib.suppress(OSError):
+                self.load1.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, Any]:
+        busy = sorted(self.busy)
+        return {
+            "cores": os.cpu_count(),
+            "samples": len(busy),
+            "cpu_busy_mean": sum(busy) / len(busy) if busy else None,
+            "cpu_busy_p90": busy[int(0.9 * (len(busy) - 1))] if busy else None,
+            "load1_max": max(self.load1) if self.load1 else None,
+        }
 
 
 @contextlib.contextmanager

@@ -268,6 +268,22 @@ def test_metrics_aggregate_and_report(tmp_path: Path) -> None:
     assert metrics.sanity_problems(broken) == ["push: no CSC report"]
 
 
+def test_machine_load_is_sampled_and_reported(tmp_path: Path) -> None:
+    from lab.runner import MachineLoad
+
+    with MachineLoad(interval=0.05) as load:
+        end = time.monotonic() + 0.4
+        while time.monotonic() < end:  # keep one core busy for 0.4 s
+            pass
+    summary = load.summary()
+    assert summary["samples"] >= 3 and summary["cores"] == os.cpu_count()
+    assert 0.0 < summary["cpu_busy_mean"] <= 1.0 and summary["load1_max"] >= 0.0
+    data = metrics.aggregate_csc("x", "t", {"push": []})
+    data["machine"] = summary
+    text = "\n".join(metrics.report_lines(data))
+    assert f"shares its {os.cpu_count()} cores): CPU busy" in text
+
+
 def test_push_bound_uses_measured_rtt_and_first_frame() -> None:
     topo = load(shipped()["areas"])
     first_frame = 8 * (1024 + 64) * 8 / 50e6  # 8 chunks at the viewer's 50 Mbit/s link
