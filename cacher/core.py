@@ -74,6 +74,8 @@ class TrackerSession:
         self._backoff = retry_min
         self._changes_at: float | None = None
         self._last_sent = now
+        self._in_flight: TrackerAction | None = None
+        self._again = False
 
     def on_changes(self, now: float) -> None:
         """The cache cached or evicted something: report it soon."""
@@ -104,26 +106,33 @@ class TrackerSession:
         whole state). Changes from now on are reported after it."""
         if action is not TrackerAction.KEEPALIVE:
             self._changes_at = None
+        self._in_flight = action
 
     def sent(self, action: TrackerAction, now: float) -> None:
         """``action`` was answered successfully."""
+        self._in_flight = None
         self._last_sent = now
         if action is TrackerAction.BATCH:
-            self.connected = True
+            self.connected = not self._again  # asked again while this one was built or sent
+            self._again = False
             self.batches_sent += 1
             self._backoff = self.retry_min
 
     def failed(self, now: float) -> None:
         """A request failed: reconnect (batch report) after a backoff."""
         self.failures += 1
+        self._in_flight = None
+        self._again = False
         self.connected = False
         self._retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, self.retry_max)
 
     def reconnect(self) -> None:
-        """Send the batch again now (e.g. the tracker said it does not know us)."""
+        """Send the batch again now (e.g. the tracker said it does not know us, or what it
+        carries changed); once more after the one in flight, if one is."""
         self.connected = False
         self._retry_at = self._last_sent
+        self._again = self._in_flight is TrackerAction.BATCH
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ from ppsp.tracker.messages import (
     ResponseType,
     Role,
     SwarmAction,
+    SwarmAvailability,
     swarm_id_hex,
 )
 from reload.usages.values import ContentMeta, UsageDecodeError
@@ -211,6 +212,9 @@ class Cacher:
         self.node = _CacherNode(self)
         self.address: Address = config.listen
         self.metas: dict[bytes, ContentMeta] = {}
+        #: VoD swarms of the configured ``channels`` of a plain cache (follow_hints = false):
+        #: carried whole (pull-through), announced at the tracker before a chunk is cached.
+        self.carried: set[bytes] = set()
         self.servings: dict[bytes, VodServing] = {}
         self.live: dict[bytes, _CachingLiveContent] = {}
         self.gate = RequestGate(self.node.endpoint, self.servings)
@@ -280,7 +284,10 @@ class Cacher:
         self._spawn(self._commit_loop())
         for channel in config.channels:
             user, _, name = channel.partition("/")
-            self._spawn(self._resolve_channel(user, name))
+            # A plain cache announces its channels as carried whole; one that follows hints
+            # does not: the tracker would take it for holding every chunk and not hint it.
+            carry = not config.follow_hints
+            self._spawn(self._resolve_channel(user, name, carry=carry))
 
     async def _start_overlay(self, path: Path) -> None:
         from reload.aio import OverlayNode, load_daemon_config  # RELOAD only when configured
@@ -404,7 +411,11 @@ class Cacher:
             self._serve(meta)  # pull-through from now on (F3); live is followed when hot (F4)
         self._wake_prefetch.set()
 
-    async def _resolve_channel(self, user: str, channel: str, swarm: bytes | None = None) -> None:
+    async def _resolve_channel(
+        self, user: str, channel: str, swarm: bytes | None = None, *, carry: bool = False
+    ) -> None:
+        """Learn a channel's metadata from the storage overlay (retrying while the overlay
+        joins); with ``carry`` (a configured channel), announce it at the tracker."""
         if self.store is None:
             log.warning("no storage overlay: channel %s/%s cannot be resolved", user, channel)
             return
@@ -418,6 +429,10 @@ class Cacher:
                 delay = min(delay * 2, 10.0)
                 continue
             self.learn_meta(meta)
+            if carry and not meta.live and meta.swarm in self.metas:
+                self.carried.add(meta.swarm)
+                self.session.reconnect()  # a fresh batch report names it
+                self._wake_tracker.set()
             return
 
     async def _portal_lookup(self, swarm_id: bytes) -> None:
@@ -706,6 +721,15 @@ class Cacher:
         if action is TrackerAction.BATCH:
             self.cache.pop_changes()  # the snapshot below carries them
             availability = self.cache.availability()
+            # A carried channel nothing of which is cached yet: a SEEDER entry without
+            # ranges, i.e. "not enumerated, holds it all" (as a plain RFC 7846 seeder): true
+            # of a pull-through cache. The first incremental report starts exact tracking.
+            held = {a.swarm_id for a in availability}
+            availability += [
+                SwarmAvailability(swarm_id_hex(sid), PeerMode.SEEDER, Role.CACHER, [])
+                for sid in sorted(self.carried)
+                if swarm_id_hex(sid) not in held
+            ]
             profile: dict[str, Any] = {
                 "peer_addresses": self._addresses(),
                 "role": Role.CACHER,

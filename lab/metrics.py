@@ -198,7 +198,10 @@ PUSH_BASELINE: Final = "no-hints"
 #: What each comparison phase of the fast-channel-change scenario is, for the report.
 PHASE_MEANINGS: Final = {
     "no-push": "cachers prefetch the hinted heads but do not push them",
-    "no-hints": "cachers ignore push hints: a plain cache filling on misses (the CDN without F4)",
+    "no-hints": (
+        "plain caches that carry every channel and fill on misses, no hints, no prefetch, "
+        "no push: the CDN without F4"
+    ),
 }
 
 

@@ -376,6 +376,12 @@ class FastChannelChange(Scenario):
                 f"push_head = {push_head}\n"
                 f"follow_hints = {str(phase not in self.PLAIN_CACHE_PHASES).lower()}\n"
             )
+            if phase in self.PLAIN_CACHE_PHASES:
+                # A plain cache carries the channels it is configured with (pull-through),
+                # as an edge cache of a CDN without F4 does.
+                channels = [f"{SOURCE_USER}/{name}" for name in run.values.get("channels", [])]
+                with config.open("a") as f:
+                    f.write(f"channels = {json.dumps(channels)}\n")
             cacher = run.start(
                 f"cacher-{host.name}-{phase}", host.name, ["cacher", "--config", str(config)]
             )

@@ -172,10 +172,10 @@ def test_cacher_reports_prefetches_on_hints_fills_misses_and_restores_after_rest
             await until(
                 lambda: tracker.tracker.peer_state(peer) is PeerState.TRACKING, "registration"
             )
-            assert cacher.stats["batch_reports"] == 1
-            assert tracker.tracker.swarms_of(peer) == {}
+            assert cacher.stats["batch_reports"] >= 1
             await until(lambda: swarm in cacher.metas, "channel metadata from the overlay")
             assert swarm in cacher.servings  # pull-through from now on, before any hint
+            assert cacher.carried == set()  # it follows hints: announced once cached
             # Hostile input changes nothing: junk datagrams, push hints naming junk swarms.
             junk = random.Random(3)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -635,6 +635,14 @@ def test_tracker_session_batch_on_connect_deltas_keepalives_and_backoff() -> Non
     s.on_changes(36.0)
     s.reconnect()  # the tracker forgot us: the batch at once carries the changes too
     assert s.due(36.0) is TrackerAction.BATCH
+    # Asked again while a batch is on its way (what it carries changed): one more after it.
+    s.begin(TrackerAction.BATCH)
+    s.reconnect()
+    s.sent(TrackerAction.BATCH, 36.1)
+    assert not s.connected and s.due(36.1) is TrackerAction.BATCH
+    s.begin(TrackerAction.BATCH)
+    s.sent(TrackerAction.BATCH, 36.2)
+    assert s.connected and s.due(36.3) is None
 
 
 def test_plan_fill_covers_misses_reads_ahead_fetches_peaks_first_and_is_bounded() -> None:
@@ -707,6 +715,39 @@ def test_config_file_flags_and_errors(tmp_path: Path) -> None:
         timeout=30,
     )
     assert usage.returncode == 2 and "push_head" in usage.stderr
+
+
+def test_a_plain_cache_announces_its_channels_before_caching(tmp_path: Path) -> None:
+    data, tree = content(3 * 64 * 1024, seed=5)
+
+    async def run() -> None:
+        tracker = await start_tracker()
+        nodes = await start_overlay(tmp_path / "overlay")
+        try:
+            await publish(nodes[0], "movie", data, tree)
+            config = cacher_config(tmp_path, tracker, follow_hints=False)
+            cacher = Cacher(config, meta_store=OverlaySegments(nodes[1], "reader"))
+            await cacher.start()
+            try:
+                swarm = swarm_id_hex(tree.root_hash)
+                # Carried whole: a SEEDER whose chunks are not enumerated (RFC 7846's plain
+                # seeder), named by FIND before a chunk is cached; misses fill it.
+                await until(
+                    lambda: tracker.tracker.swarms_of(cacher.peer_id) == {swarm: PeerMode.SEEDER},
+                    "the carried channel announced",
+                )
+                assert tracker.tracker.availability(cacher.peer_id, swarm) is None
+                out = tmp_path / "got"
+                await download(tree.root_hash, [cacher.address], out, timeout=10.0)
+                assert out.read_bytes() == data
+            finally:
+                await cacher.close()
+        finally:
+            for node in nodes:
+                await node.close()
+            tracker.close()
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("follow", [True, False])
