@@ -248,8 +248,10 @@ class TrackerConfig:
     #: max_find_peers, so a full list of holders is found when there are that many.
     find_scan_limit: int = 32
     #: Seeders, then leechers, examined per FIND for members of the requester's area, listed
-    #: before the others (locality); bounds that look-up's cost in big swarms.
-    area_scan_limit: int = 512
+    #: before the others (locality); bounds that look-up's cost in big swarms (measured,
+    #: 1,000 leechers in 50 areas, 20 peers per FIND: 24.9 µs per FIND without it, 27.5 µs
+    #: at 64, 46.3 µs at 512).
+    area_scan_limit: int = 128
     #: §4.3 replayed transaction IDs: how long, and how many, responses are kept.
     transaction_window: float = 60.0
     max_transactions: int = 65_536
