@@ -465,6 +465,7 @@ class MachineLoad:
         self.interval = interval
         self.busy: list[float] = []
         self.load1: list[float] = []
+        self.series: list[tuple[float, float]] = []  # (Unix time, busy share)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="machine-load", daemon=True)
 
@@ -493,6 +494,7 @@ class MachineLoad:
             now = self._cpu_times()
             if now is not None and last is not None and now[1] > last[1]:
                 self.busy.append((now[0] - last[0]) / (now[1] - last[1]))
+                self.series.append((round(time.time(), 3), round(self.busy[-1], 3)))
             last = now
             with contextlib.suppress(OSError):
                 self.load1.append(os.getloadavg()[0])
@@ -505,6 +507,7 @@ class MachineLoad:
             "cpu_busy_mean": sum(busy) / len(busy) if busy else None,
             "cpu_busy_p90": busy[int(0.9 * (len(busy) - 1))] if busy else None,
             "load1_max": max(self.load1) if self.load1 else None,
+            "cpu_busy_series": self.series,
         }
 
 

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ppsp.peer.live import (
+    FORGET_SWEEP_CHUNKS,
     DiscardWindow,
     InvalidSwarmId,
     LiveSigner,
@@ -24,6 +25,8 @@ from ppsp.peer.live import (
     UnifiedMerkleInjector,
     UnifiedMerkleVerifier,
     encode_chunk_spec,
+    forget_munros_before,
+    forget_nodes_before,
     ntp_timestamp,
     tune_in_point,
     unix_time_from_ntp,
@@ -789,3 +792,55 @@ def test_discard_window_invariants(size: int, latests: list[int]) -> None:
             assert start == expected and end >= start
             expected = end + 1
         assert expected == window.low
+
+
+# -- forgetting what left the live discard window (§6.2) --------------------------------------
+
+
+class _CountingDict(dict[tuple[int, int], bytes]):
+    """Counts whole-table iterations."""
+
+    scans = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).scans += 1
+        return super().__iter__()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nodes=st.sets(st.tuples(st.integers(0, 12), st.integers(0, 3000)), max_size=300),
+    late=st.sets(st.tuples(st.integers(0, 12), st.integers(0, 3000)), max_size=20),
+    steps=st.lists(st.integers(0, 40), min_size=1, max_size=60),
+)
+def test_forgetting_nodes_incrementally_equals_a_scan(
+    nodes: set[tuple[int, int]], late: set[tuple[int, int]], steps: list[int]
+) -> None:
+    table = dict.fromkeys(nodes, b"")
+    old = 0
+    for i, step in enumerate(steps):
+        new = old + step
+        if i == len(steps) // 2:
+            table.update(dict.fromkeys(late, b""))  # nodes offered after the window moved
+        forget_nodes_before(table, old, new)
+        old = new
+        # Nothing wholly before the bound that the last sweep could have missed stays ...
+        expected = {k for k in table if (k[1] + 1) << k[0] <= new}
+        late_kept = {k for k in expected if k in late}
+        assert expected == late_kept  # ... except late offers, until the next sweep
+    forget_nodes_before(table, old, old + FORGET_SWEEP_CHUNKS)  # a sweep
+    assert not [k for k in table if (k[1] + 1) << k[0] <= old + FORGET_SWEEP_CHUNKS]
+
+
+def test_forgetting_one_chunk_does_not_scan_the_table() -> None:
+    # 24 lab viewers with 8,192-chunk windows saturated two cores when every chunk the window
+    # moved scanned every trusted node.
+    table = _CountingDict({(0, c): b"" for c in range(100, 8292)})
+    table.update({(3, c): b"" for c in range(12, 1037)})
+    for chunk in range(101, 1000):
+        forget_nodes_before(table, chunk - 1, chunk)
+    assert _CountingDict.scans == 0
+    assert min(c for h, c in table if h == 0) == 999 and (3, 123) not in table
+    munros = {k: b"" for k in range(10, 600)}
+    forget_munros_before(munros, 4, 0, 200)  # munros of 16 chunks: 0..11 wholly before 200
+    assert min(munros) == 12

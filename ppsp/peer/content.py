@@ -22,6 +22,7 @@ from ppsp.peer.live import (
     SignAllVerifier,
     UnifiedMerkleInjector,
     UnifiedMerkleVerifier,
+    forget_munros_before,
 )
 from ppsp.peer.merkle import HashTree
 from ppsp.peer.messages import (
@@ -346,6 +347,7 @@ class LiveSourceContent(_LiveBase):
         else:
             self.sign_all = SignAllInjector(signer, cam, chunk_size=size)
         self.signatures: dict[int, SignedIntegrity] = {}
+        self._signatures_forgotten = 0
         self.next_chunk = 0
         self.last_chunk_length = 0
 
@@ -380,8 +382,9 @@ class LiveSourceContent(_LiveBase):
     def _forget_before(self, chunk: int) -> None:
         if self.unified is not None:
             self.unified.forget_before(chunk)
-        for c in [c for c in self.signatures if c < chunk]:
-            del self.signatures[c]
+        # Sign All (§6.1.1): one signature per chunk, keyed by chunk.
+        old, self._signatures_forgotten = self._signatures_forgotten, chunk
+        forget_munros_before(self.signatures, 0, old, chunk)
 
     def integrity_for(self, chunk: int, peer: PeerHashes) -> list[Integrity | SignedIntegrity]:
         if self.unified is not None:
