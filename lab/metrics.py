@@ -313,8 +313,12 @@ def plot(out_dir: Path, data: Mapping[str, Any]) -> list[Path]:
     paths: list[Path] = []
     phases: Mapping[str, Any] = data.get("phases", {})
     if any(p["startup_delays"] for p in phases.values()):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, phase in phases.items():
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (name, phase) in enumerate(phases.items()):
+            colour = colours[i % len(colours)]  # one colour per phase: solid, then dotted
             curves = [("channel changes", phase.get("change_delays") or [], "-")]
             curves.append(("first tune-ins", phase.get("tune_in_delays") or [], ":"))
             for what, values, style in curves:
@@ -322,14 +326,17 @@ def plot(out_dir: Path, data: Mapping[str, Any]) -> list[Path]:
                 if points:
                     xs = [p[0] * 1000 for p in points]
                     ys = [p[1] for p in points]
-                    ax.step(xs, ys, style, where="post", label=f"{name}: {what}")
+                    ax.step(xs, ys, style, color=colour, where="post", label=f"{name}: {what}")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("startup delay (ms, log scale)")
         ax.set_ylabel("share of startups")
         ax.set_ylim(0, 1.02)
         ax.set_title(f"Startup delay CDF — {data.get('topology', '')}")
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         path = out_dir / "startup_delay_cdf.png"
         fig.tight_layout()
         fig.savefig(path, dpi=100)

@@ -824,6 +824,21 @@ class Tracker:
         rng = self._rng
         make_info = self._info
         info: PeerInfo | None
+
+        def take(members: Iterable[_Member], only_area: str | None) -> bool:
+            """List the members not taken yet (of ``only_area`` if given), in order; True
+            once the list is full."""
+            for m in members:
+                peer = m.peer
+                if peer in taken or (only_area is not None and peer.area != only_area):
+                    continue
+                info = peer.info
+                out.append(info if info is not None else make_info(peer))
+                if len(out) >= k:
+                    return True
+                taken.add(peer)
+            return False
+
         # 1. Cachers in the requester's area: the P2P CDN's nearby cache (DESIGN F3).
         if area is not None:
             group = swarm.cachers.get(area)
@@ -876,15 +891,8 @@ class Tracker:
                     if len(window) < scan:
                         window += holders[: scan - len(window)]
                     ranked = _rank(window, ranges)
-                for m in ranked:
-                    peer = m.peer
-                    if peer in taken:
-                        continue
-                    info = peer.info
-                    out.append(info if info is not None else make_info(peer))
-                    if len(out) >= k:
-                        return out
-                    taken.add(peer)
+                if take(ranked, None):
+                    return out
         # 3. Everybody else, seeders before leechers; in each group the requester's area
         # first (locality: LiveSky kept 80 % of the traffic inside the ISP), looked for among
         # at most area_scan_limit members so that a FIND in a huge swarm stays cheap.
@@ -894,25 +902,10 @@ class Tracker:
                 continue
             off = rng.randrange(n)
             rotated = group_list[off:] + group_list[:off] if off else group_list
-            if area is not None:
-                for m in rotated[: self.config.area_scan_limit]:
-                    peer = m.peer
-                    if peer.area != area or peer in taken:
-                        continue
-                    info = peer.info
-                    out.append(info if info is not None else make_info(peer))
-                    if len(out) >= k:
-                        return out
-                    taken.add(peer)
-            for m in rotated:
-                peer = m.peer
-                if peer in taken:
-                    continue
-                info = peer.info
-                out.append(info if info is not None else make_info(peer))
-                if len(out) >= k:
-                    return out
-                taken.add(peer)
+            if area is not None and take(rotated[: self.config.area_scan_limit], area):
+                return out
+            if take(rotated, None):
+                return out
         return out
 
     # ------------------------------------------------------------------ CONNECT (§4.1.1)
