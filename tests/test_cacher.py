@@ -89,6 +89,18 @@ async def start_overlay(root: Path, nodes: int = 2) -> list[OverlayNode]:
     return started
 
 
+async def stop_all(
+    running: Sequence[Cacher], nodes: Sequence[OverlayNode], tracker: TrackerServer
+) -> None:
+    """A test's teardown: its cachers, then the storage overlay, then the tracker."""
+    for each in running:
+        await each.close()
+    for node in nodes:
+        await node.close()
+    tracker.close()
+    await tracker.wait_closed()
+
+
 async def publish(
     node: OverlayNode, name: str, data: bytes, tree: HashTree, corrupt: Sequence[int] = ()
 ) -> ContentMeta:
@@ -277,13 +289,8 @@ def test_cacher_reports_prefetches_on_hints_fills_misses_and_restores_after_rest
             assert cacher.stats["held_requests"] == 0
             assert cacher.servings[swarm].segments_filled == 0
         finally:
-            for each in running:
-                await each.close()
             await viewer.close()
-            for node in nodes:
-                await node.close()
-            tracker.close()
-            await tracker.wait_closed()
+            await stop_all(running, nodes, tracker)
 
     asyncio.run(run())
 
@@ -317,12 +324,7 @@ def test_a_corrupted_segment_is_never_cached_nor_served(tmp_path: Path) -> None:
             assert not any(64 <= c <= 127 for c in serving.memory)
             assert not held_at_tracker(tracker, cacher.peer_id, swarm).overlaps(64, 127)
         finally:
-            for each in running:
-                await each.close()
-            for node in nodes:
-                await node.close()
-            tracker.close()
-            await tracker.wait_closed()
+            await stop_all(running, nodes, tracker)
 
     asyncio.run(run())
 
@@ -367,13 +369,8 @@ def test_a_small_cache_serves_on_demand_evicts_and_reports_evictions(tmp_path: P
                 "the tracker's view to match the cache",
             )
         finally:
-            for each in running:
-                await each.close()
             await portal.close()
-            for node in nodes:
-                await node.close()
-            tracker.close()
-            await tracker.wait_closed()
+            await stop_all(running, nodes, tracker)
 
     asyncio.run(run())
 
@@ -434,15 +431,10 @@ def test_a_live_hint_makes_the_cacher_follow_the_live_edge_and_relay_it(tmp_path
             assert cached is not None and cached.have.count >= 32
         finally:
             pumping.cancel()
-            for each in running:
-                await each.close()
             await portal.close()
             source.close()
             await viewer.close()
-            for node in nodes:
-                await node.close()
-            tracker.close()
-            await tracker.wait_closed()
+            await stop_all(running, nodes, tracker)
 
     asyncio.run(run())
 
@@ -515,10 +507,7 @@ def test_the_daemon_killed_and_restarted_comes_back_with_its_cache(tmp_path: Pat
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
-            for node in nodes:
-                await node.close()
-            tracker.close()
-            await tracker.wait_closed()
+            await stop_all([], nodes, tracker)
 
     asyncio.run(run())
 
@@ -743,9 +732,7 @@ def test_a_plain_cache_announces_its_channels_before_caching(tmp_path: Path) -> 
             finally:
                 await cacher.close()
         finally:
-            for node in nodes:
-                await node.close()
-            tracker.close()
+            await stop_all([], nodes, tracker)
 
     asyncio.run(run())
 
