@@ -169,9 +169,10 @@ def aggregate_csc(
     phases: Mapping[str, Sequence[Mapping[str, Any]]],
     area_of: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Results of a CSC scenario, one :func:`phase_metrics` per phase; with both a ``push`` and
-    a ``no-push`` phase, the p95 speed-up of push over the channel changes (over every
-    startup when no viewer changed channel)."""
+    """Results of a CSC scenario, one :func:`phase_metrics` per phase; with a ``push`` phase
+    and others, the p95 speed-up of push over each (``push_speedups_p95``) and over the
+    baseline (``push_speedup_p95``: ``no-hints`` where it ran), of the channel changes (of
+    every startup when no viewer changed channel)."""
     data: dict[str, Any] = {
         "scenario": scenario,
         "topology": topology,

@@ -423,11 +423,11 @@ class FastChannelChange(Scenario):
     def _measure_cacher_rtt(self, run: LabRun) -> dict[str, float]:
         """The median RTT from each CSC host to its area's cacher host, measured with UDP
         echoes through the link emulator as the daemons send (the RTT of the targets)."""
-        pairs = {
-            csc.name: cacher.name
+        cachers = run.topology.with_role("cacher")
+        pairs = {  # the first cacher of the area, as cacher_rtt takes it
+            csc.name: next(c.name for c in cachers if c.area == csc.area)
             for csc in run.topology.with_role("csc")
-            for cacher in run.topology.with_role("cacher")
-            if cacher.area == csc.area
+            if any(c.area == csc.area for c in cachers)
         }
         servers = start_echo_servers(run, sorted(set(pairs.values())), 60.0)
         count = str(self.option("rtt_probes", 20))
